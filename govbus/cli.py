@@ -17,7 +17,7 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from govbus.errors import GovbusError
+from govbus.errors import ConfigError, GovbusError
 from govbus.settings import load_settings
 
 app = typer.Typer(
@@ -64,7 +64,7 @@ def registry_apply(
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise GovbusConfig(f"no such file or folder: {', '.join(missing)}")
+        raise ConfigError(f"no such file or folder: {', '.join(missing)}")
     for applied in apply_files(_registry(), paths):
         console.print(f"{applied.code}  version {applied.version}  {applied.outcome}")
 
@@ -141,7 +141,7 @@ def sync_command(
     from govbus.sync import finish_partitions, plan_partitions, sync
 
     if partitions > 1 and not full:
-        raise GovbusConfig("--partitions needs --full: only a full load is split by key ranges")
+        raise ConfigError("--partitions needs --full: only a full load is split by key ranges")
     if partitions > 1:
         plan = plan_partitions(code, partitions)
         results = [
@@ -295,15 +295,12 @@ def demo_command(
     console.print("rejects:   govbus rejects 330400-SCJG-0001")
 
 
-class GovbusConfig(GovbusError):
-    exit_code = 2
-
-
 def main() -> None:
     try:
         app(standalone_mode=False)
     except GovbusError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        err.print("error:", style="red", end=" ")
+        err.print(str(exc), highlight=False, markup=False)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
