@@ -330,7 +330,7 @@ def _import_one(
     )
     try:
         _commit(engine, verified, mine, files, load, now)
-    except (IntegrityError, _LostRace):
+    except _LostRace:
         # Another importer took the slot between our check and our insert.
         with engine.connect() as conn:
             again = _row(conn, ledger_table.c.bundle_id == env.bundle_id)
@@ -375,7 +375,12 @@ def _commit(
                 raise _LostRace(env.bundle_id)
         else:
             values = _ledger_values(verified, now, _IMPORTED)
-            conn.execute(insert(ledger_table).values(**values, imported_at=now))
+            try:
+                conn.execute(insert(ledger_table).values(**values, imported_at=now))
+            except IntegrityError as exc:
+                # Only the ledger's own constraints mean a lost race; the loader's
+                # IntegrityErrors below are the loader's and propagate unchanged.
+                raise _LostRace(env.bundle_id) from exc
 
         # Checked again inside the transaction: the predecessor row cannot have changed since.
         if env.sequence > 1:

@@ -216,3 +216,9 @@ Subsystem sftp internal-sftp
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def cloud_metadata() -> MetaData:
+    """The test cloud's tables (``cloud_citizen``), for creating them on another database."""
+    return cloud

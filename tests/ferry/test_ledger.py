@@ -272,3 +272,43 @@ def test_resend_gives_identical_bytes(site):
     }
     assert sent == [original]
     assert outbox_bundle(site.sender.home, "ch-a", 1) == exported.path
+
+
+def test_loader_integrity_error_is_not_mistaken_for_a_replay(site):
+    from sqlalchemy.exc import IntegrityError
+
+    b1 = export_payload(site.sender, site.payload(rows=3, start=1))
+    b2 = export_payload(site.sender, site.payload(rows=3, start=1))  # same ids: the loader fails
+    import_bundle(site.engine, deliver(site, b1), receiver=site.receiver, load=site.load)
+
+    with pytest.raises(IntegrityError, match="UNIQUE constraint failed: cloud_citizen.id"):
+        import_bundle(site.engine, deliver(site, b2), receiver=site.receiver, load=site.load)
+
+    assert site.ledger() == [("ch-a", 1, "imported")]
+    assert (site.inbox / b2.path.name).is_dir()
+
+
+def test_export_interrupted_after_state_saved_is_completed(site, monkeypatch):
+    import os as _os
+
+    import ferry.outbox as outbox
+
+    real_replace = _os.replace
+
+    def crash_on_rename(src, dst):
+        if str(src).endswith(".part") and "outbox" in str(src):
+            raise KeyboardInterrupt("power cut")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(outbox.os, "replace", crash_on_rename)
+    with pytest.raises(KeyboardInterrupt):
+        export_payload(site.sender, site.payload(rows=1))
+    monkeypatch.setattr(outbox.os, "replace", real_replace)
+    leftovers = list(site.sender.outbox.iterdir())
+    assert len(leftovers) == 1 and leftovers[0].name.endswith(".part")
+
+    second = export_payload(site.sender, site.payload(rows=1, start=2))
+
+    names = sorted(p.name for p in site.sender.outbox.iterdir())
+    assert names == [leftovers[0].name.removesuffix(".part"), second.path.name]
+    assert second.sequence == 2
