@@ -296,24 +296,16 @@ def demo_command(
 
 
 def main() -> None:
+    """Entry point: usage errors exit 2 (click's own handling), govbus errors their exit code."""
     try:
-        app(standalone_mode=False)
+        app()
     except GovbusError as exc:
         err.print("error:", style="red", end=" ")
         err.print(str(exc), highlight=False, markup=False)
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        err.print("aborted")
-        sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
 
 
 if __name__ == "__main__":
