@@ -22,6 +22,11 @@ __all__ = [
     "BundleRefused",
     "TransportError",
     "AccessDenied",
+    "NotTheProvider",
+    "UnknownConsumer",
+    "UnknownApplication",
+    "ApplicationDecided",
+    "NotACertificateResource",
     "is_retryable",
 ]
 
@@ -99,6 +104,57 @@ class TransportError(FerryError):
 
 class AccessDenied(GovbusError):
     """A consumer is not allowed to read what it asked for."""
+
+
+class NotTheProvider(AccessDenied):
+    """Someone other than a resource's provider tried to decide an application for it."""
+
+    def __init__(self, code: str, provider: str, given: str) -> None:
+        self.code = code
+        self.provider = provider
+        super().__init__(
+            f"only the provider of {code} ({provider}) can decide its applications, not {given}; "
+            f"pass --provider {provider}"
+        )
+
+
+class UnknownConsumer(ConfigError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"consumer {name!r} is not registered; list consumers with `govbus consumers list` "
+            f"or add one with `govbus consumers add`"
+        )
+
+
+class UnknownApplication(ConfigError):
+    def __init__(self, application_id: int) -> None:
+        self.application_id = application_id
+        super().__init__(
+            f"application {application_id} does not exist; list them with "
+            f"`govbus applications list`"
+        )
+
+
+class ApplicationDecided(GovbusError):
+    """An application that was already approved or denied cannot be decided again."""
+
+    def __init__(self, application_id: int, status: str) -> None:
+        self.application_id = application_id
+        self.status = status
+        super().__init__(
+            f"application {application_id} is already {status}; submit a new application "
+            f"to change access"
+        )
+
+
+class NotACertificateResource(ConfigError):
+    def __init__(self, code: str) -> None:
+        self.code = code
+        super().__init__(
+            f"resource {code} has no `certificate:` section, so it holds no certificates to "
+            f"ingest; add one naming type_name and type_code and apply it again"
+        )
 
 
 def is_retryable(exc: BaseException) -> bool:

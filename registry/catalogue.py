@@ -34,6 +34,8 @@ __all__ = [
     "Opening",
     "Source",
     "Target",
+    "Certificate",
+    "CERTIFICATE_ITEMS",
     "ResourceSpec",
     "load_resource_file",
     "expand_env",
@@ -233,6 +235,58 @@ class Target(_Strict):
         return value
 
 
+#: the items a certificate resource must have, by these names: the directory fields of the national
+#: electronic certificate standards (证照名称, 证照编号, 证照标识, 颁发机构, 颁发机构代码, 颁发日期,
+#: 管辖区划, 持证主体, 持证主体代码, 持证主体代码类型, 有效期起止, 证照状态, 证照文件哈希)
+CERTIFICATE_ITEMS = (
+    "identifier",
+    "cert_name",
+    "cert_number",
+    "issuer_name",
+    "issuer_code",
+    "issue_date",
+    "division_code",
+    "holder_name",
+    "holder_id",
+    "holder_id_type",
+    "valid_from",
+    "valid_to",
+    "status",
+    "file_hash",
+)
+
+
+class Certificate(_Strict):
+    """Marks a resource as a certificate library (电子证照库) of one certificate type.
+
+    The type code is the identifier's second part: the defining department's USCC followed by a
+    three-digit serial (``11100000000013338W032``). The provider is a registered issuer of the
+    type; ``issuers`` names further issuing departments (district bureaus, say) by their USCC.
+    """
+
+    type_name: str = Field(min_length=1, description="证照类型名称")
+    type_code: str = Field(description="证照类型代码")
+    issuers: tuple[str, ...] = ()
+
+    @field_validator("type_code")
+    @classmethod
+    def _type_code_shape(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9A-HJ-NPQRTUWXY]{18}[0-9]{3}", value):
+            raise ValueError(
+                "must be the defining department's 18-character USCC followed by a 3-digit "
+                "serial, e.g. 11100000000013338W032"
+            )
+        return value
+
+    @field_validator("issuers")
+    @classmethod
+    def _issuer_shape(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [code for code in value if not _USCC_SHAPE.match(code)]
+        if bad:
+            raise ValueError(f"issuers must be unified social credit codes, got {bad}")
+        return value
+
+
 class ResourceSpec(_Strict):
     """One shareable information resource (信息资源) as registered in the catalogue."""
 
@@ -250,6 +304,7 @@ class ResourceSpec(_Strict):
     source: Source
     target: Target
     items: tuple[Item, ...] = Field(min_length=1)
+    certificate: Certificate | None = None
 
     @field_validator("code")
     @classmethod
@@ -272,6 +327,13 @@ class ResourceSpec(_Strict):
                 raise ValueError(f"primary key column {key!r} is not one of the items")
         if self.source.cursor and self.source.cursor not in names:
             raise ValueError(f"cursor column {self.source.cursor!r} is not one of the items")
+        if self.certificate is not None:
+            absent = [name for name in CERTIFICATE_ITEMS if name not in names]
+            if absent:
+                raise ValueError(
+                    f"a certificate resource needs the items {', '.join(CERTIFICATE_ITEMS)}; "
+                    f"missing: {', '.join(absent)}"
+                )
         return self
 
     @property
