@@ -212,7 +212,7 @@ def sync(
         source = open_source(spec)
         drift = _check_drift(spec, source)
         with cloud.engine.begin() as conn:
-            table = cloud.store.ensure_target(conn, spec)
+            table = cloud.store.ensure_target(conn, spec) if spec.target.database else None
             validator = BatchValidator(spec)
             names = [item.name for item in spec.items]
             cursor_from = None if point is None else point.value
@@ -300,9 +300,12 @@ def _load_batch(
         pl.lit(run_id).alias(RUN_ID),
         pl.lit(now).dt.convert_time_zone("UTC").alias(LOADED_AT),
     )
-    counts.loaded += cloud.store.upsert(
-        conn, table, good.with_columns(pl.lit(None, pl.Datetime("us", "UTC")).alias(DELETED_AT))
-    )
+    if table is None:
+        counts.loaded += good.height
+    else:
+        counts.loaded += cloud.store.upsert(
+            conn, table, good.with_columns(pl.lit(None, pl.Datetime("us", "UTC")).alias(DELETED_AT))
+        )
     if lake_run is not None and good.height:
         lake_run.write(good.to_arrow().cast(_lake_schema(spec)))
 

@@ -226,6 +226,11 @@ class Source(_Strict):
 class Target(_Strict):
     table: str
     lake: bool = True
+    database: bool = Field(
+        default=True,
+        description="upsert rows into the cloud database table; false keeps them in the lake only "
+        "(rejects and checkpoints are still kept in the cloud database)",
+    )
 
     @field_validator("table")
     @classmethod
@@ -233,6 +238,12 @@ class Target(_Strict):
         if not _IDENTIFIER.match(value) or value.startswith("govbus_"):
             raise ValueError("must be a plain table name, not starting with govbus_")
         return value
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> Target:
+        if not (self.lake or self.database):
+            raise ValueError("a target needs the cloud database, the lake or both")
+        return self
 
 
 #: the items a certificate resource must have, by these names: the directory fields of the national
