@@ -120,24 +120,55 @@ def export_cmd(
     trust: TrustOpt,
     recipient: Annotated[list[str], typer.Option(help="recipient key id (repeatable)")],
     channel: Annotated[str, typer.Option()],
-    resource: Annotated[str, typer.Option()],
-    schema_hash: Annotated[str, typer.Option()],
+    resource: Annotated[str, typer.Option(help="resource code")],
     source_domain: Annotated[str, typer.Option()],
     destination_domain: Annotated[str, typer.Option()],
-    file: Annotated[list[str], typer.Option(help="PARQUET:RECORDS (repeatable)")],
+    run: Annotated[str | None, typer.Option(help="export this sync run's lake files only")] = None,
+    file: Annotated[
+        list[str] | None,
+        typer.Option(help="PARQUET:RECORDS (repeatable); without it, the resource's lake files"),
+    ] = None,
+    schema_hash: Annotated[
+        str | None, typer.Option(help="with --file: the resource's schema hash")
+    ] = None,
     suite: Annotated[Suite, typer.Option()] = Suite.STANDARD,
     compression: Annotated[Compression, typer.Option()] = Compression.NONE,
     ttl_days: Annotated[int, typer.Option()] = 14,
 ) -> None:
-    """Encrypt and sign the next bundle of a channel into the outbox."""
+    """Encrypt and sign the next bundle of a channel into the outbox.
+
+    Without --file it carries the resource's lake files that have not left on this channel yet
+    (or, with --run, one sync run's files).
+    """
 
     def work():  # type: ignore[no-untyped-def]
-        files = []
-        for spec in file:
-            path, _, records = spec.rpartition(":")
-            if not path or not records.isdigit():
-                raise ConfigError(f"--file {spec!r}: expected PATH:RECORDS, e.g. rows.parquet:120")
-            files.append(PayloadFile(Path(path), int(records)))
+        from govbus import ferrying
+
+        if file:
+            if schema_hash is None:
+                raise ConfigError("--file needs --schema-hash")
+            files = []
+            for spec in file:
+                path, _, records = spec.rpartition(":")
+                if not path or not records.isdigit():
+                    raise ConfigError(
+                        f"--file {spec!r}: expected PATH:RECORDS, e.g. rows.parquet:120"
+                    )
+                files.append(PayloadFile(Path(path), int(records)))
+            payload = Payload(
+                resource, schema_hash, tuple(files), source_domain, destination_domain, channel
+            )
+        else:
+            payload = ferrying.lake_payload(
+                resource,
+                ferry_home=home,
+                channel=channel,
+                source_domain=source_domain,
+                destination_domain=destination_domain,
+                run_id=run,
+            )
+            if payload is None:
+                return None
         store = TrustStore.load(trust)
         sender = Sender(
             home,
@@ -147,12 +178,15 @@ def export_cmd(
             compression,
             timedelta(days=ttl_days),
         )
-        payload = Payload(
-            resource, schema_hash, tuple(files), source_domain, destination_domain, channel
-        )
-        return export_payload(sender, payload)
+        exported = export_payload(sender, payload)
+        if not file:
+            ferrying.record_exported(home, payload)
+        return exported
 
     exported = _run(work)
+    if exported is None:
+        console.print(f"nothing new to export for {resource} on {channel}")
+        return
     console.print(f"sequence {exported.sequence}: {exported.path}")
 
 
@@ -211,6 +245,18 @@ def receive_cmd(
         console.print(str(path))
 
 
+DEFAULT_LOADER = "govbus.ferrying:load_into_cloud"
+
+
+def _destination(db: str | None):  # type: ignore[no-untyped-def]
+    if db is not None:
+        return create_engine(db)
+    from govbus.settings import load_settings
+    from govbus.sync import cloud_for
+
+    return cloud_for(load_settings()).engine
+
+
 def _loader(spec: str) -> Loader:
     module, _, name = spec.partition(":")
     if not module or not name:
@@ -227,9 +273,13 @@ def import_cmd(
     home: HomeOpt,
     keys: KeysOpt,
     trust: TrustOpt,
-    db: Annotated[str, typer.Option(help="destination database SQLAlchemy URL")],
-    loader: Annotated[str, typer.Option(help="module:function loading the Parquet files")],
     channel: Annotated[list[str], typer.Option(help="accepted channel (repeatable)")],
+    db: Annotated[
+        str | None, typer.Option(help="destination database URL; default: the cloud database")
+    ] = None,
+    loader: Annotated[
+        str, typer.Option(help="module:function loading the Parquet files")
+    ] = DEFAULT_LOADER,
     domain: Annotated[str | None, typer.Option(help="this site's destination domain")] = None,
     max_bytes: Annotated[int, typer.Option(help="limit on decrypted bytes per bundle")] = 64
     * 1024**3,
@@ -240,9 +290,14 @@ def import_cmd(
         receiver = Receiver(
             load_identity(keys), TrustStore.load(trust), home, set(channel), domain, max_bytes
         )
-        engine = create_engine(db)
+        engine = _destination(db)
         create_ledger(engine)
-        return import_inbox(engine, inbox, receiver=receiver, load=_loader(loader))
+        results = import_inbox(engine, inbox, receiver=receiver, load=_loader(loader))
+        if loader == DEFAULT_LOADER:
+            from govbus.ferrying import publish_imported
+
+            publish_imported()
+        return results
 
     refused = 0
     for outcome in _run(work):
@@ -261,11 +316,11 @@ def import_cmd(
 
 @app.command("status")
 def status_cmd(
-    db: Annotated[str, typer.Option()],
+    db: Annotated[str | None, typer.Option(help="default: the cloud database")] = None,
     channel: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Sequences imported and held, missing sequences, last heartbeat."""
-    engine = create_engine(db)
+    engine = _destination(db)
     create_ledger(engine)
     table = RichTable("sender", "channel", "imported", "held", "missing", "heartbeat")
     for s in channel_status(engine, channel=channel):
