@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -273,3 +274,39 @@ def settings(request: pytest.FixtureRequest) -> Settings:
 @pytest.fixture
 def world(settings: Settings, tmp_path: Path) -> World:
     return build_world(settings, tmp_path)
+
+
+@dataclass
+class Desk:
+    """The service in process, with two consumers: a window clerk and a revoked old system."""
+
+    world: World
+    client: object
+    token: str
+    revoked_token: str
+
+    def get(
+        self, url: str, *, token: str | None = "default", case: str | None = "2026-0001", **params
+    ):
+        headers = {}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {self.token if token == 'default' else token}"
+        if case is not None:
+            headers["X-Case-Number"] = case
+        return self.client.get(url, headers=headers, params=params)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def desk(world: World) -> Iterator[Desk]:
+    from fastapi.testclient import TestClient
+    from sqlalchemy.orm import Session
+
+    from govbus.api import create_app
+    from registry.access import add_consumer, revoke_consumer
+
+    with Session(registry_engine(world.settings.registry_url)) as session, session.begin():
+        token = add_consumer(session, "window-1", department_name="市民中心一号窗口").token
+        old = add_consumer(session, "old-system").token
+        revoke_consumer(session, "old-system")
+    with TestClient(create_app(world.settings)) as client:
+        yield Desk(world, client, token, old)

@@ -1,0 +1,1 @@
+"""Command groups of the ``govbus`` command line, each in its own module."""
