@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from ferry.commands import app as ferry_app
 from govbus.commands import access as lookup_commands
-from govbus.commands import access as lookup_commands
 from govbus.errors import ConfigError, GovbusError
 from govbus.settings import load_settings
 
@@ -31,11 +30,6 @@ app = typer.Typer(
 )
 registry_app = typer.Typer(help="The resource catalogue.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
-app.add_typer(lookup_commands.consumers_app, name="consumers")
-app.add_typer(lookup_commands.applications_app, name="applications")
-app.add_typer(lookup_commands.certificates_app, name="certificates")
-app.add_typer(lookup_commands.audit_app, name="audit")
-app.command("serve")(lookup_commands.serve)
 app.add_typer(lookup_commands.consumers_app, name="consumers")
 app.add_typer(lookup_commands.applications_app, name="applications")
 app.add_typer(lookup_commands.certificates_app, name="certificates")
