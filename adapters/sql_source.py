@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -33,12 +34,32 @@ class KeyRange:
     high: Any = None
 
 
+def _decimals(values: Sequence[Any]) -> pa.Array | None:
+    """Exact decimals: one Arrow decimal type when every value has the same scale, else text.
+
+    A ``numeric`` column without declared precision holds values of differing scale (and up to
+    a thousand digits); Arrow would widen them all to one scale or fail, so such a column
+    travels as each value's plain decimal text, digit for digit.
+    """
+    present = [v for v in values if v is not None]
+    if not present or not all(isinstance(v, Decimal) for v in present):
+        return None
+    exponents = {v.as_tuple().exponent for v in present}
+    if len(exponents) == 1 and all(
+        v.is_finite() and len(v.as_tuple().digits) <= 38 for v in present
+    ):
+        return pa.array(values, from_pandas=False)
+    return pa.array([None if v is None else format(v, "f") for v in values], pa.large_string())
+
+
 def to_arrow_batch(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> pa.RecordBatch:
     """Rows of Python values to a record batch, types inferred; aware timestamps become UTC."""
     columns = list(zip(*rows, strict=True)) if rows else [[] for _ in names]
     arrays = []
     for values in columns:
-        array = pa.array(values, from_pandas=False)
+        array = _decimals(values)
+        if array is None:
+            array = pa.array(values, from_pandas=False)
         if pa.types.is_timestamp(array.type) and array.type.tz is not None:
             array = pc.cast(array, pa.timestamp(array.type.unit, tz="UTC"))
         arrays.append(array)
@@ -158,3 +179,66 @@ class SqlSource:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    # -- what incremental syncs need besides ``read`` ------------------------------------------
+
+    #: the checkpoint's cursor value filters rows in the source (``read(cursor_from=...)``)
+    by_cursor = True
+
+    def column_kinds(self) -> dict[str, sa.types.TypeEngine[Any]]:
+        """Source column types as SQLAlchemy reflects them, to compare with registered items.
+
+        Empty for a query (its types are not declared) and for SQLite, whose columns take any
+        value whatever their declared type.
+        """
+        src = self.spec.source
+        if src.table is None or self.engine.dialect.name == "sqlite":
+            return {}
+        schema, _, name = src.table.rpartition(".")
+        try:
+            cols = sa.inspect(self.engine).get_columns(name, schema or None)
+        except OperationalError as exc:
+            raise SourceUnavailable(
+                f"{self.spec.code}: cannot reach the source: {exc.orig}"
+            ) from exc
+        return {c["name"]: c["type"] for c in cols}
+
+    def read_nulls(
+        self, names: Sequence[str], cursor_from: Any, tracked: Sequence[tuple[Any, ...]]
+    ) -> Iterator[pa.RecordBatch]:
+        """Rows an inclusive cursor bound misses: a NULL cursor, or a tracked key below the bound.
+
+        ``tracked`` holds the keys of rows last read with a NULL cursor; one that got a value
+        below ``cursor_from`` since is read here so it is updated in place.
+        """
+        src = self.spec.source
+        cursor = sa.column(src.cursor)
+        condition = cursor.is_(None)
+        keys = [sa.column(k) for k in src.primary_key]
+        below = cursor < sa.bindparam("below", cursor_from)
+        for start in range(0, len(tracked), 1_000):
+            chunk = [tuple(k) for k in tracked[start : start + 1_000]]
+            if len(keys) == 1:
+                member = keys[0].in_([k[0] for k in chunk])
+            else:
+                member = sa.tuple_(*keys).in_(chunk)
+            condition = condition | (member & below)
+        query = sa.select(*[sa.column(n) for n in names]).select_from(self._relation())
+        yield from self._stream(query.where(condition))
+
+    def _stream(self, query: sa.Select[Any]) -> Iterator[pa.RecordBatch]:
+        names = list(query.selected_columns.keys())
+        size = self.spec.source.batch_size
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=size).execute(query)
+                for rows in result.partitions(size):
+                    yield to_arrow_batch(names, rows)
+        except OperationalError as exc:
+            raise SourceUnavailable(
+                f"{self.spec.code}: reading the source failed: {exc.orig}"
+            ) from exc
+        except DBAPIError as exc:
+            raise SourceError(
+                f"{self.spec.code}: the source refused the query: {exc.orig}"
+            ) from exc

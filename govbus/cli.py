@@ -144,10 +144,21 @@ def sync_command(
     partitions: Annotated[
         int, typer.Option(help="Split a full load into this many primary-key ranges.", min=1)
     ] = 1,
+    reconcile: Annotated[
+        bool,
+        typer.Option(
+            "--reconcile",
+            help="Also compare primary keys and mark rows gone from the source as deleted.",
+        ),
+    ] = False,
 ) -> None:
     """Sync one resource from its source into the cloud database and the lake."""
     from govbus.sync import finish_partitions, plan_partitions, sync
 
+    if reconcile and partitions > 1:
+        raise ConfigError(
+            "--reconcile compares all keys at once and cannot be used with --partitions"
+        )
     if partitions > 1 and not full:
         raise ConfigError("--partitions needs --full: only a full load is split by key ranges")
     if partitions > 1:
@@ -163,7 +174,9 @@ def sync_command(
         ]
         finish_partitions(plan)
     else:
-        results = [_with_progress(code, lambda p: sync(code, full=full, progress=p))]
+        results = [
+            _with_progress(code, lambda p: sync(code, full=full, progress=p, reconcile=reconcile))
+        ]
     _print_results(results)
 
 
@@ -192,6 +205,8 @@ def _print_results(results) -> None:  # type: ignore[no-untyped-def]
         )
     console.print(table)
     for r in results:
+        if r.deleted:
+            err.print(f"{r.code}: {r.deleted:,} row(s) gone from the source marked deleted")
         for note in r.drift:
             err.print(f"[yellow]drift[/yellow] {r.code}: {note}")
 

@@ -17,6 +17,7 @@ __all__ = [
     "SinkError",
     "SinkUnavailable",
     "SchemaDrift",
+    "RunInProgress",
     "ValidationFailed",
     "FerryError",
     "BundleRefused",
@@ -84,6 +85,12 @@ class SinkUnavailable(SinkError):
 
 class SchemaDrift(GovbusError):
     """The source's columns no longer match the registered items in a way that needs a person."""
+
+
+class RunInProgress(GovbusError):
+    """Another run of the same resource holds its lock; this one did not start."""
+
+    retryable = True
 
 
 class ValidationFailed(GovbusError):
