@@ -129,3 +129,9 @@ def serialized_site(sqlite_site: AirflowSite) -> Iterator[AirflowSite]:
     """The SQLite site with the DAG file parsed and its DAGs serialized into the database."""
     sqlite_site.airflow("dags", "reserialize")
     yield sqlite_site
+
+
+@pytest.fixture(scope="session")
+def site_factory():  # type: ignore[no-untyped-def]
+    """``make_site`` for tests that need an Airflow home of their own (another executor)."""
+    return make_site
