@@ -203,21 +203,34 @@ class _Service:
             raise Refusal(401, "revoked_consumer", f"consumer {consumer.name!r} was revoked")
         return consumer
 
-    def require_case(self, caller: _Caller, raw: str | None) -> None:
+    def read_case(self, caller: _Caller, raw: str | None) -> Refusal | None:
+        """Note the case number for the audit trail; the refusal to raise if it is unusable,
+        after authentication, so that an unknown caller learns nothing about the rules."""
         if raw is None or not raw.strip():
-            raise Refusal(
+            return Refusal(
                 422,
                 "case_number.missing",
                 f"state the purpose: send the case number being handled in {CASE_HEADER}",
             )
         case = unquote(raw.strip())
         if not _CASE_NUMBER.fullmatch(case):
-            raise Refusal(
+            return Refusal(
                 422,
                 "case_number.format",
                 "a case number is 1-64 printable characters (percent-encode non-ASCII ones)",
             )
         caller.case_number = case
+        return None
+
+    def admit(
+        self, caller: _Caller, token: HTTPAuthorizationCredentials | None, case: str | None
+    ) -> Any:
+        """The consumer, once its token and the stated purpose are in order."""
+        unusable = self.read_case(caller, case)
+        consumer = self.authenticate(caller, token)
+        if unusable is not None:
+            raise unusable
+        return consumer
 
     def allow(self, consumer: Any, spec: ResourceSpec) -> Decision:
         with Session(self.registry) as session:
@@ -514,8 +527,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         caller = _Caller(request.state.request_id, "certificates.by_holder", holder_id=holder_id)
 
         def work() -> dict[str, Any]:
-            consumer = service.authenticate(caller, token)
-            service.require_case(caller, case_number)
+            consumer = service.admit(caller, token, case_number)
             return service.by_holder(caller, consumer, holder_id, type)
 
         return service.run(caller, work)
@@ -535,8 +547,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         caller = _Caller(request.state.request_id, "certificates.by_identifier")
 
         def work() -> dict[str, Any]:
-            consumer = service.authenticate(caller, token)
-            service.require_case(caller, case_number)
+            consumer = service.admit(caller, token, case_number)
             return service.by_identifier(caller, consumer, identifier)
 
         return service.run(caller, work)
@@ -557,8 +568,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         caller = _Caller(request.state.request_id, "records.by_key")
 
         def work() -> dict[str, Any]:
-            consumer = service.authenticate(caller, token)
-            service.require_case(caller, case_number)
+            consumer = service.admit(caller, token, case_number)
             return service.record(caller, consumer, code, key)
 
         return service.run(caller, work)

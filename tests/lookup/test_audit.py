@@ -56,8 +56,8 @@ def test_every_lookup_is_audited(desk: Desk) -> None:
     rows = trail(world).entries(holder_id=world.citizen)
     assert [(r["consumer_name"], r["case_number"], r["status"], r["outcome"]) for r in rows] == [
         ("window-1", "2026-0101", 200, "allowed"),
-        (None, None, 401, "missing_token"),
-        ("old-system", None, 401, "revoked_consumer"),
+        (None, "2026-0102", 401, "missing_token"),
+        ("old-system", "x", 401, "revoked_consumer"),
         ("window-1", "浙审-7", 200, "allowed"),
     ]
     masked = world.citizen[:6] + "********" + world.citizen[-4:]
