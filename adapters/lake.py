@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from govbus.errors import SinkError
 
 __all__ = ["Lake", "LakeRun"]
 
@@ -38,7 +42,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LakeRun:
-    """Parquet files of one run, staged until the run commits."""
+    """Parquet files of one run, staged until the run commits.
+
+    Encoding and compressing Parquet is done by a writer thread (pyarrow releases the GIL), so it
+    overlaps with reading and validating the next batch; ``write`` blocks only when ``QUEUED``
+    tables are already waiting. A failed write is raised by the next ``write`` or by ``close``,
+    which a run must call before its cloud transaction commits.
+    """
+
+    QUEUED = 2
 
     def __init__(self, lake: Lake, code: str, run_id: str) -> None:
         self.lake = lake
@@ -48,10 +60,31 @@ class LakeRun:
         self._writer: pq.ParquetWriter | None = None
         self._part = 0
         self._rows_in_part = 0
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=self.QUEUED)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def write(self, table: pa.Table) -> None:
+        self._raise_failure()
         if table.num_rows == 0:
             return
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._drain, name=f"govbus-lake-{self.run_id[:8]}", daemon=True
+            )
+            self._thread.start()
+        self._queue.put(table)
+
+    def _drain(self) -> None:
+        while (table := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking tables so a blocked ``write`` can return and see the error
+            try:
+                self._write_now(table)
+            except BaseException as exc:
+                self._error = exc
+
+    def _write_now(self, table: pa.Table) -> None:
         if self._writer is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             path = self.dir / f"part-{self.run_id}-{self._part:05d}.parquet"
@@ -61,6 +94,19 @@ class LakeRun:
         if self._rows_in_part >= self.lake.rows_per_file:
             self._close_part()
 
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise SinkError(
+                f"{self.code}: writing the lake's staged Parquet files of run {self.run_id} "
+                f"failed under {self.dir}: {self._error}"
+            ) from self._error
+
+    def _finish_thread(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
     def _close_part(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -69,14 +115,21 @@ class LakeRun:
             self._rows_in_part = 0
 
     def close(self) -> None:
+        """Finish every queued write and the open file; raises if any write failed."""
+        self._finish_thread()
+        self._raise_failure()
         self._close_part()
 
     def discard(self) -> None:
-        self._close_part()
+        self._finish_thread()
+        try:
+            self._close_part()
+        except Exception:  # the files are deleted next; a broken one does not matter
+            self._writer = None
         self.lake.discard(self.run_id)
 
     def publish(self) -> list[Path]:
-        self._close_part()
+        self.close()
         return self.lake.publish(self.run_id)
 
 
