@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_QUEUE",
+    "CLUSTER_SETTINGS",
     "Department",
     "department_of",
     "departments",
@@ -71,6 +72,15 @@ DEFAULT_QUEUE = "default"
 DEFAULT_POOL_SLOTS = 2
 POOL_SLOTS_ENV = "GOVBUS_DEPARTMENT_POOL_SLOTS"
 WORKER_NAME_ENV = "GOVBUS_WORKER_NAME"
+#: Airflow settings every govbus cluster shares: the local CI cluster and docker/compose.yaml
+CLUSTER_SETTINGS: dict[str, str] = {
+    "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+    "AIRFLOW__CORE__HOSTNAME_CALLABLE": "govbus.orchestration.worker_hostname",
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    # A resource's DAG starts paused: someone checks its first run before it runs on schedule.
+    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+    "AIRFLOW__OPERATORS__DEFAULT_QUEUE": DEFAULT_QUEUE,
+}
 #: how many primary-key ranges a partitioned full load may be split into
 MAX_PARTITIONS = 64
 TIMEZONE = "Asia/Shanghai"

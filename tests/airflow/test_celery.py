@@ -31,7 +31,13 @@ import redis
 import sqlalchemy as sa
 
 from govbus.demo import BROKEN_COMPANIES
-from govbus.orchestration import DEFAULT_QUEUE, Department, department_of, pools_config
+from govbus.orchestration import (
+    CLUSTER_SETTINGS,
+    DEFAULT_QUEUE,
+    Department,
+    department_of,
+    pools_config,
+)
 
 pytestmark = [pytest.mark.airflow, pytest.mark.postgres, pytest.mark.slow]
 
@@ -160,14 +166,13 @@ def cluster(
         tmp_path_factory.mktemp("airflow-celery"),
         demo_sources,
         {
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            **CLUSTER_SETTINGS,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
             "AIRFLOW__CELERY__BROKER_URL": broker,
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{PG}/{metadata_db}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "govbus.orchestration.worker_hostname",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "300",
             # Only the test's own run: no scheduled run of a daily DAG whose tick just passed.
