@@ -447,8 +447,6 @@ def _locked_sync(
                 new_point = _next_checkpoint(run, survey, source)
                 cloud.store.save_checkpoint(conn, code, new_point, run_id)
             if lake_run is not None:
-                lake_run.close()  # every staged file whole before the checkpoint commits
-            if lake_run is not None:
                 lake_run.close()  # every staged file complete before the load commits
             cloud.store.mark_loaded(conn, run_id, code, counts.read, counts.loaded, counts.rejected)
         source.dispose()
