@@ -3,13 +3,15 @@
 Everything one run writes to the cloud (rows, rejects, the new checkpoint and the load marker)
 is written in one transaction, so a checkpoint can never pass data that did not commit.
 On PostgreSQL rows go through ``COPY`` into a temporary staging table and then one
-``INSERT ... ON CONFLICT DO UPDATE``; elsewhere through batched ``INSERT ... ON CONFLICT``.
+``INSERT ... ON CONFLICT DO UPDATE`` (or, into a table that was empty when the run began, straight
+through ``COPY``); elsewhere through batched ``INSERT ... ON CONFLICT``.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import weakref
 from datetime import UTC, datetime
 
 import polars as pl
@@ -89,6 +91,10 @@ class CloudStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        # per open transaction: target tables and whether each was empty at its first write
+        self._empty_at_start: weakref.WeakKeyDictionary[sa.RootTransaction, dict[str, bool]] = (
+            weakref.WeakKeyDictionary()
+        )
         internal.create_all(engine, checkfirst=True)
 
     # -- tables ---------------------------------------------------------------------------------
@@ -222,7 +228,55 @@ class CloudStore:
         for chunk in frame.iter_slices(5_000):
             conn.execute(stmt, chunk.to_dicts())
 
+    def _was_empty(self, conn: Connection, table: sa.Table) -> bool:
+        """Whether ``table`` held no rows when this transaction first wrote to it."""
+        transaction = conn.get_transaction()
+        seen = self._empty_at_start.setdefault(transaction, {})  # type: ignore[arg-type]
+        if table.name not in seen:
+            query = f"SELECT NOT EXISTS (SELECT 1 FROM {_q(conn, table.name)})"
+            seen[table.name] = bool(conn.exec_driver_sql(query).scalar())
+        return seen[table.name]
+
+    def _copy_direct(self, conn: Connection, table: sa.Table, frame: pl.DataFrame) -> bool:
+        """COPY the rows straight into a table that was empty when the run began.
+
+        No staging table and no ``INSERT ... ON CONFLICT``: a first load of a million rows takes
+        a third of the time. A key already present (a source without a real primary key, or a
+        concurrent load of an overlapping key range) rolls this batch back to its savepoint and
+        returns False, and the batch is upserted after all.
+        """
+        cols = ", ".join(_q(conn, n) for n in frame.columns)
+        savepoint = conn.begin_nested()
+        try:
+            self._copy_in(conn, f"COPY {_q(conn, table.name)} ({cols}) FROM STDIN", frame)
+        except Exception as exc:  # psycopg's own error: the COPY runs on the driver connection
+            savepoint.rollback()
+            if getattr(exc, "sqlstate", None) != "23505":  # unique_violation
+                raise
+            self._empty_at_start[conn.get_transaction()][table.name] = False  # type: ignore[index]
+            log.info("%s: a key is already present; upserting through a staging table", table.name)
+            return False
+        savepoint.commit()
+        return True
+
+    @staticmethod
+    def _copy_in(conn: Connection, copy_sql: str, frame: pl.DataFrame) -> None:
+        buffer = io.BytesIO()
+        frame.write_csv(
+            buffer,
+            include_header=False,
+            null_value="",
+            quote_style="non_numeric",
+            datetime_format="%Y-%m-%dT%H:%M:%S%.6f%z",
+        )
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur:  # type: ignore[union-attr]
+            with cur.copy(f"{copy_sql} (FORMAT csv)") as copy:
+                copy.write(buffer.getbuffer())
+
     def _upsert_copy(self, conn: Connection, table: sa.Table, frame: pl.DataFrame) -> None:
+        if self._was_empty(conn, table) and self._copy_direct(conn, table, frame):
+            return
         stage = f"govbus_stage_{table.name}"[:63]
         names = frame.columns
         cols = ", ".join(_q(conn, n) for n in names)
@@ -237,18 +291,7 @@ class CloudStore:
             f"(LIKE {_q(conn, table.name)} INCLUDING DEFAULTS) ON COMMIT DROP"
         )
         conn.exec_driver_sql(f"TRUNCATE {_q(conn, stage)}")
-        buffer = io.BytesIO()
-        frame.write_csv(
-            buffer,
-            include_header=False,
-            null_value="",
-            quote_style="non_numeric",
-            datetime_format="%Y-%m-%dT%H:%M:%S%.6f%z",
-        )
-        raw = conn.connection.driver_connection
-        with raw.cursor() as cur:  # type: ignore[union-attr]
-            with cur.copy(f"COPY {_q(conn, stage)} ({cols}) FROM STDIN (FORMAT csv)") as copy:
-                copy.write(buffer.getbuffer())
+        self._copy_in(conn, f"COPY {_q(conn, stage)} ({cols}) FROM STDIN", frame)
         conn.exec_driver_sql(
             f"INSERT INTO {_q(conn, table.name)} ({cols}) SELECT {cols} FROM {_q(conn, stage)} "
             f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
