@@ -294,9 +294,11 @@ def _machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     with psycopg.connect(f"{SERVER}/postgres") as conn:
         pg = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}, PostgreSQL {pg}"
+        f"{platform.release()}, Python {platform.python_version()}, PostgreSQL {pg}; "
+        f"load average at the end {load} (other work on the machine slows every row alike)"
     )
 
 
