@@ -55,6 +55,9 @@ __all__ = [
     "Suite",
     "DecryptionFailed",
     "KeyUnwrapFailed",
+    "StreamEncryptor",
+    "StreamDecryptor",
+    "sealed_size",
     "EncryptingWriter",
     "DecryptingReader",
     "new_bundle_key",
@@ -125,6 +128,14 @@ class _Aead:
         """Raises ``cryptography.exceptions.InvalidTag`` when the data does not authenticate."""
         raise NotImplementedError
 
+    def encrypt_into(self, nonce: bytes, data: memoryview, aad: bytes, out: memoryview) -> None:
+        """Ciphertext and tag into ``out``, which is exactly ``len(data) + TAG_LEN`` long."""
+        out[:] = self.encrypt(nonce, data, aad)
+
+    def decrypt_into(self, nonce: bytes, data: memoryview, aad: bytes, out: memoryview) -> None:
+        """Plaintext into ``out``, exactly ``len(data) - TAG_LEN`` long; nothing if it fails."""
+        out[:] = self.decrypt(nonce, data, aad)
+
 
 class _AesGcm(_Aead):
     def __init__(self, key: bytes) -> None:
@@ -135,6 +146,13 @@ class _AesGcm(_Aead):
 
     def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
         return self._aead.decrypt(nonce, data, aad)
+
+    # No allocation per chunk: the block loops below reuse their buffers.
+    def encrypt_into(self, nonce: bytes, data: memoryview, aad: bytes, out: memoryview) -> None:
+        self._aead.encrypt_into(nonce, data, aad, out)
+
+    def decrypt_into(self, nonce: bytes, data: memoryview, aad: bytes, out: memoryview) -> None:
+        self._aead.decrypt_into(nonce, data, aad, out)
 
 
 class _Sm4Gcm(_Aead):
@@ -151,7 +169,7 @@ class _Sm4Gcm(_Aead):
     def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
         if len(data) < TAG_LEN:
             raise InvalidTag
-        body, tag = data[:-TAG_LEN], data[-TAG_LEN:]
+        body, tag = data[:-TAG_LEN], bytes(data[-TAG_LEN:])
         dec = Cipher(algorithms.SM4(self._key), modes.GCM(nonce, tag)).decryptor()
         dec.authenticate_additional_data(aad)
         return dec.update(body) + dec.finalize()
@@ -182,79 +200,66 @@ def ciphertext_size(plain_size: int, chunk_size: int = CHUNK_SIZE) -> int:
     return HEADER_LEN + plain_size + chunks * TAG_LEN
 
 
-class EncryptingWriter(io.RawIOBase):
-    """A writable stream that encrypts what it is given and hands ciphertext to ``sink``.
+class StreamEncryptor:
+    """The sealing side of one stream: its header, its key, its chunk counter.
 
-    A chunk is only sealed once the next byte is known to exist, so that the true last chunk (maybe
-    empty) carries the final flag; ``close()`` seals it.
+    ``seal`` takes one chunk at a time; ``seal_into`` seals a block of whole chunks straight into a
+    caller's buffer, the fast path for files (no allocation per chunk).
     """
 
-    def __init__(
-        self, bundle_key: bytes, suite: Suite, sink: Callable[[bytes], object], context: bytes
-    ) -> None:
-        super().__init__()
+    def __init__(self, bundle_key: bytes, suite: Suite, context: bytes) -> None:
         salt = os.urandom(_SALT_LEN)
         self._prefix = os.urandom(_PREFIX_LEN)
-        self._header = _HEADER.pack(
+        self.header = _HEADER.pack(
             _MAGIC, _VERSION, suite.code, CHUNK_SIZE.bit_length() - 1, salt, self._prefix
         )
         self._aead = suite.aead(_file_key(bundle_key, suite, salt, context))
-        self._sink = sink
-        self._buf = bytearray()
         self._counter = 0
-        self.plain_bytes = 0
-        sink(self._header)
+        self._finished = False
 
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        if self.closed:
-            raise ValueError("write to a closed EncryptingWriter")
-        view = memoryview(data).cast("B")
-        size = len(view)
-        self.plain_bytes += size
-        offset = 0
-        if self._buf:
-            # Top up the held partial chunk; seal it only once a byte beyond it exists.
-            take = min(CHUNK_SIZE - len(self._buf), size)
-            self._buf += view[:take]
-            offset = take
-            if offset == size:
-                return size
-            self._seal(bytes(self._buf), last=False)
-            self._buf = bytearray()
-        while size - offset > CHUNK_SIZE:
-            self._seal(view[offset : offset + CHUNK_SIZE], last=False)
-            offset += CHUNK_SIZE
-        self._buf += view[offset:]
-        return size
-
-    def _seal(self, chunk: bytes | memoryview, last: bool) -> None:
+    def _next_nonce(self, last: bool) -> bytes:
+        if self._finished:
+            raise FerryError("stream already sealed its final chunk")
         nonce = _nonce(self._prefix, self._counter, last)
-        self._sink(self._aead.encrypt(nonce, chunk, self._header))
         self._counter += 1
+        self._finished = last
+        return nonce
 
-    def close(self) -> None:
-        if not self.closed:
-            self._seal(bytes(self._buf), last=True)
-            self._buf = bytearray()
-        super().close()
+    def seal(self, chunk: bytes | memoryview, last: bool) -> bytes:
+        return self._aead.encrypt(self._next_nonce(last), chunk, self.header)
+
+    def seal_into(self, plain: memoryview, out: memoryview, final: bool) -> int:
+        """Seal ``plain`` into ``out``; returns the bytes written.
+
+        ``plain`` is whole chunks unless ``final``, in which case its last chunk (shorter, or the
+        only and empty one) carries the final flag. ``out`` needs ``sealed_size(len(plain))``.
+        """
+        size = len(plain)
+        if not final and size % CHUNK_SIZE:
+            raise ValueError("only the final block of a stream may end in a partial chunk")
+        count = max(1, -(-size // CHUNK_SIZE)) if final else size // CHUNK_SIZE
+        pos = 0
+        for index in range(count):
+            piece = plain[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]
+            nonce = self._next_nonce(final and index == count - 1)
+            end = pos + len(piece) + TAG_LEN
+            self._aead.encrypt_into(nonce, piece, self.header, out[pos:end])
+            pos = end
+        return pos
 
 
-class DecryptingReader(io.RawIOBase):
-    """A readable stream of the plaintext of one encrypted file, authenticated chunk by chunk.
+def sealed_size(plain_size: int) -> int:
+    """Bytes ``StreamEncryptor.seal_into`` writes for a final block of ``plain_size`` bytes."""
+    return plain_size + max(1, -(-plain_size // CHUNK_SIZE)) * TAG_LEN
 
-    ``read`` never returns plaintext that has not been authenticated; ``DecryptionFailed`` names
-    the chunk that failed and, where it can tell, whether the file was cut short.
-    """
+
+class StreamDecryptor:
+    """The opening side of one stream, from its header; names the chunk that fails and why."""
 
     def __init__(
-        self, bundle_key: bytes, suite: Suite, src: BinaryIO, context: bytes, label: str = "file"
+        self, bundle_key: bytes, suite: Suite, header: bytes, context: bytes, label: str = "file"
     ) -> None:
-        super().__init__()
         self._label = label
-        header = src.read(HEADER_LEN)
         if len(header) != HEADER_LEN:
             raise DecryptionFailed(f"{label}: shorter than the {HEADER_LEN}-byte stream header")
         magic, version, suite_code, log2_chunk, salt, prefix = _HEADER.unpack(header)
@@ -269,34 +274,43 @@ class DecryptingReader(io.RawIOBase):
         self._header = header
         self._prefix = prefix
         self._aead = suite.aead(_file_key(bundle_key, suite, salt, context))
-        self._src = src
         self._counter = 0
-        self._next = src.read(CHUNK_SIZE + TAG_LEN)
-        self._done = False
-        self._out = b""
-        self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def chunks(self) -> Iterator[bytes]:
-        """Authenticated plaintext chunks, in order; the fast path when nothing is decompressed."""
-        while not self._done:
-            yield self._open_next()
-
-    def _open_next(self) -> bytes:
-        current = self._next
-        full = len(current) == CHUNK_SIZE + TAG_LEN
-        self._next = self._src.read(CHUNK_SIZE + TAG_LEN) if full else b""
-        last = not self._next
+    def open(self, chunk: bytes, last: bool) -> bytes:
         index = self._counter
         try:
-            plain = self._aead.decrypt(_nonce(self._prefix, index, last), current, self._header)
+            plain = self._aead.decrypt(_nonce(self._prefix, index, last), chunk, self._header)
         except InvalidTag:
-            raise DecryptionFailed(self._diagnose(current, index, last)) from None
+            raise DecryptionFailed(self._diagnose(chunk, index, last)) from None
         self._counter += 1
-        self._done = last
         return plain
+
+    def open_into(self, sealed: memoryview, out: memoryview, final: bool) -> int:
+        """Open a block of sealed chunks into ``out``; returns the plaintext bytes written.
+
+        ``sealed`` is whole sealed chunks unless ``final`` (the stream ends with this block), in
+        which case the last may be shorter. Nothing of a chunk is written unless it authenticates.
+        """
+        step = CHUNK_SIZE + TAG_LEN
+        size = len(sealed)
+        if not final and size % step:
+            raise ValueError("only the final block of a stream may end in a partial chunk")
+        count = max(1, -(-size // step)) if final else size // step
+        pos = 0
+        for n in range(count):
+            piece = sealed[n * step : (n + 1) * step]
+            index, last = self._counter, final and n == count - 1
+            plain_len = len(piece) - TAG_LEN
+            try:
+                if plain_len < 0:
+                    raise InvalidTag
+                nonce = _nonce(self._prefix, index, last)
+                self._aead.decrypt_into(nonce, piece, self._header, out[pos : pos + plain_len])
+            except InvalidTag:
+                raise DecryptionFailed(self._diagnose(bytes(piece), index, last)) from None
+            self._counter += 1
+            pos += plain_len
+        return pos
 
     def _diagnose(self, chunk: bytes, index: int, last: bool) -> str:
         # Only called on failure: telling a cut-short file from a modified one helps the operator
@@ -315,6 +329,91 @@ class DecryptingReader(io.RawIOBase):
             f"{self._label}: chunk {index} failed authentication: "
             "the ciphertext was modified, reordered or truncated"
         )
+
+
+class EncryptingWriter(io.RawIOBase):
+    """A writable stream that encrypts what it is given and hands ciphertext to ``sink``.
+
+    A chunk is only sealed once the next byte is known to exist, so that the true last chunk (maybe
+    empty) carries the final flag; ``close()`` seals it.
+    """
+
+    def __init__(
+        self, bundle_key: bytes, suite: Suite, sink: Callable[[bytes], object], context: bytes
+    ) -> None:
+        super().__init__()
+        self._stream = StreamEncryptor(bundle_key, suite, context)
+        self._sink = sink
+        self._buf = bytearray()
+        self.plain_bytes = 0
+        sink(self._stream.header)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("write to a closed EncryptingWriter")
+        view = memoryview(data).cast("B")
+        size = len(view)
+        self.plain_bytes += size
+        offset = 0
+        if self._buf:
+            # Top up the held partial chunk; seal it only once a byte beyond it exists.
+            take = min(CHUNK_SIZE - len(self._buf), size)
+            self._buf += view[:take]
+            offset = take
+            if offset == size:
+                return size
+            self._sink(self._stream.seal(bytes(self._buf), last=False))
+            self._buf = bytearray()
+        while size - offset > CHUNK_SIZE:
+            self._sink(self._stream.seal(view[offset : offset + CHUNK_SIZE], last=False))
+            offset += CHUNK_SIZE
+        self._buf += view[offset:]
+        return size
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sink(self._stream.seal(bytes(self._buf), last=True))
+            self._buf = bytearray()
+        super().close()
+
+
+class DecryptingReader(io.RawIOBase):
+    """A readable stream of the plaintext of one encrypted file, authenticated chunk by chunk.
+
+    ``read`` never returns plaintext that has not been authenticated; ``DecryptionFailed`` names
+    the chunk that failed and, where it can tell, whether the file was cut short.
+    """
+
+    def __init__(
+        self, bundle_key: bytes, suite: Suite, src: BinaryIO, context: bytes, label: str = "file"
+    ) -> None:
+        super().__init__()
+        self._stream = StreamDecryptor(bundle_key, suite, src.read(HEADER_LEN), context, label)
+        self._src = src
+        self._next = src.read(CHUNK_SIZE + TAG_LEN)
+        self._done = False
+        self._out = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def chunks(self) -> Iterator[bytes]:
+        """Authenticated plaintext chunks, in order."""
+        while not self._done:
+            yield self._open_next()
+
+    def _open_next(self) -> bytes:
+        current = self._next
+        full = len(current) == CHUNK_SIZE + TAG_LEN
+        self._next = self._src.read(CHUNK_SIZE + TAG_LEN) if full else b""
+        last = not self._next
+        plain = self._stream.open(current, last)
+        self._done = last
+        return plain
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         while self._pos >= len(self._out):

@@ -40,6 +40,25 @@ log = logging.getLogger(__name__)
 
 _BLOCK = 1024 * 1024
 _RESUME_CHECK = 64 * 1024
+#: SSH packets this client accepts: a server then answers a large read in few packets, and
+#: paramiko's cost is per packet far more than per byte
+_MAX_PACKET = 256 * 1024
+#: an SFTP write message beyond its data: length, type, request id, handle length, offset, data
+#: length (the handle's own bytes are added per file)
+_WRITE_OVERHEAD = 4 + 1 + 4 + 4 + 8 + 4
+#: ciphers tried first: with an AEAD cipher paramiko computes no separate MAC per packet
+_PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _fast_transport(*args: object, **kwargs: object) -> paramiko.Transport:
+    """A paramiko transport that offers the AES-GCM ciphers first; the rest stay as fallback."""
+    transport = paramiko.Transport(*args, **kwargs)  # type: ignore[arg-type]
+    options = transport.get_security_options()
+    offered = tuple(options.ciphers)
+    options.ciphers = tuple(c for c in _PREFERRED_CIPHERS if c in offered) + tuple(
+        c for c in offered if c not in _PREFERRED_CIPHERS
+    )
+    return transport
 
 
 class HostKeyRejected(TransportError):
@@ -170,6 +189,9 @@ class SftpTransport:
     timeout: float = 30.0
     remove_after_receive: bool = True
     window_size: int = 64 * 1024 * 1024
+    #: bytes asked for per SFTP read; OpenSSH serves up to 255 KiB. A server that serves less
+    #: needs 32768 here (the size every server must serve), or downloads fail their size check
+    read_request_size: int = 255 * 1024
 
     @contextmanager
     def connect(self) -> Iterator[paramiko.SFTPClient]:
@@ -192,10 +214,13 @@ class SftpTransport:
                 timeout=self.timeout,
                 banner_timeout=self.timeout,
                 auth_timeout=self.timeout,
+                transport_factory=_fast_transport,
             )
             transport = client.get_transport()
             assert transport is not None
-            sftp = paramiko.SFTPClient.from_transport(transport, window_size=self.window_size)
+            sftp = paramiko.SFTPClient.from_transport(
+                transport, window_size=self.window_size, max_packet_size=_MAX_PACKET
+            )
             assert sftp is not None
         except paramiko.BadHostKeyException as exc:
             client.close()
@@ -264,7 +289,7 @@ class SftpTransport:
                 part = target.with_name(name + ".part")
                 if part.exists():
                     shutil.rmtree(part)
-                _get_tree(sftp, f"{self.remote_dir}/{name}", part)
+                _get_tree(sftp, f"{self.remote_dir}/{name}", part, self.read_request_size)
                 fsync_tree(part)
                 os.rename(part, target)
                 received.append(target)
@@ -299,6 +324,13 @@ def _put_resumable(sftp: paramiko.SFTPClient, local: Path, remote: str) -> int:
         log.info("resuming upload of %s at byte %d of %d", remote, have, size)
     with open(local, "rb") as src, sftp.open(remote, "r+b" if offset else "wb") as dst:
         dst.set_pipelined(True)
+        # One write request per SSH packet: paramiko splits a message that overflows the server's
+        # packet size into a full packet and a tiny one, which doubles the per-packet cost.
+        channel = sftp.get_channel()
+        assert channel is not None
+        dst.MAX_REQUEST_SIZE = max(
+            4096, channel.out_max_packet_size - 64 - _WRITE_OVERHEAD - len(dst.handle)
+        )
         src.seek(offset)
         dst.seek(offset)
         while block := src.read(_BLOCK):
@@ -314,22 +346,39 @@ def _tail_matches(sftp: paramiko.SFTPClient, local: Path, remote: str, have: int
         return src.read(have - start) == dst.read(have - start)
 
 
-def _get_tree(sftp: paramiko.SFTPClient, remote: str, local: Path) -> None:
+def _get_tree(sftp: paramiko.SFTPClient, remote: str, local: Path, request_size: int) -> None:
     local.mkdir(parents=True)
     for attr in sftp.listdir_attr(remote):
         mode = attr.st_mode or 0
         source = f"{remote}/{attr.filename}"
         if stat.S_ISDIR(mode):
-            _get_tree(sftp, source, local / attr.filename)
+            _get_tree(sftp, source, local / attr.filename, request_size)
         elif stat.S_ISREG(mode):
-            with open(local / attr.filename, "wb") as fh:
-                sftp.getfo(source, fh, prefetch=True, max_concurrent_prefetch_requests=64)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _get_file(sftp, source, local / attr.filename, attr.st_size or 0, request_size)
         else:
             # A link or device on the server: recorded as an empty marker the importer refuses.
             log.warning("%s is not a regular file; the bundle will be refused", source)
             (local / attr.filename).symlink_to("/nonexistent-remote-link")
+
+
+def _get_file(
+    sftp: paramiko.SFTPClient, remote: str, local: Path, size: int, request_size: int
+) -> None:
+    """Download with every read requested up front (prefetch), in large requests."""
+    got = 0
+    with sftp.open(remote, "rb") as src, open(local, "wb") as dst:
+        src.MAX_REQUEST_SIZE = request_size
+        src.prefetch(size, max_concurrent_requests=64)
+        while got < size and (block := src.read(min(request_size, size - got))):
+            dst.write(block)
+            got += len(block)
+        dst.flush()
+        os.fsync(dst.fileno())
+    if got != size:
+        raise TransportError(
+            f"{remote}: downloaded {got} of {size} bytes; if the server serves reads smaller "
+            f"than {request_size} bytes, lower read_request_size to 32768"
+        )
 
 
 def _remove_tree(sftp: paramiko.SFTPClient, remote: str) -> None:

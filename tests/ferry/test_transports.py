@@ -164,3 +164,10 @@ def test_resend_over_sftp_after_loss(site, sftp):
     assert [f.sequence for f in result.followers] == [2]
     assert [r[0] for r in site.rows()] == [1, 2, 3, 4]
     assert tree(site.receiver.done / b1.path.name) == tree(b1.path)
+
+
+def test_sftp_negotiates_aes_gcm_and_fills_packets(sftp):
+    with sftp.connect() as client:
+        transport = client.get_channel().get_transport()
+        assert transport.local_cipher == "aes128-gcm@openssh.com"
+        assert transport.remote_cipher == "aes128-gcm@openssh.com"
