@@ -444,6 +444,10 @@ def ingest(
             result = reader.execution_options(yield_per=batch_size).execute(query)
             for batch in result.mappings().partitions(batch_size):
                 _file_batch(conn, spec, keys, [dict(r) for r in batch], today, counts)
+        if counts["verified"] > 1_000 and conn.dialect.name == "postgresql":
+            # Fresh statistics keep the planner on the holder index for lookups; with stale ones
+            # it combines indexes and reads every entry of the resource.
+            conn.exec_driver_sql(f"ANALYZE {certificates.name}")
         if run_ids:
             now = datetime.now(UTC)
             conn.execute(

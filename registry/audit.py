@@ -156,6 +156,36 @@ class AuditLog:
 
     def append(self, lookup: Lookup) -> int:
         """Append one entry and return its sequence number."""
+        return self.append_many([lookup])[0]
+
+    def append_many(self, lookups: list[Lookup]) -> list[int]:
+        """Append entries in one transaction, in order; their sequence numbers.
+
+        The head row is locked from the first statement to the commit, so appends queue up
+        behind one another; appending a batch pays for that wait, and the commit, once.
+        """
+        if not lookups:
+            return []
+        rows = [self._fields(lookup) for lookup in lookups]
+
+        with self.engine.begin() as conn:
+            # Taking the head row's lock first makes the read below see the true newest entry.
+            conn.execute(
+                update(_head).where(_head.c.id == 1).values(last_seq=_head.c.last_seq + len(rows))
+            )
+            last_seq, prev_hash = conn.execute(
+                select(_head.c.last_seq, _head.c.last_hash).where(_head.c.id == 1)
+            ).one()
+            first = last_seq - len(rows) + 1
+            for offset, fields in enumerate(rows):
+                digest = self._entry_hash(fields, prev_hash)
+                fields.update(seq=first + offset, prev_hash=prev_hash, hash=digest)
+                prev_hash = digest
+            conn.execute(_entries.insert(), rows)
+            conn.execute(update(_head).where(_head.c.id == 1).values(last_hash=prev_hash))
+        return [first + offset for offset in range(len(rows))]
+
+    def _fields(self, lookup: Lookup) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "at": datetime.now(UTC),
             "request_id": lookup.request_id or str(uuid.uuid4()),
@@ -176,19 +206,7 @@ class AuditLog:
         for name, limit in (("case_number", 100), ("consumer_name", 100), ("resource_code", 64)):
             if fields[name] is not None:
                 fields[name] = fields[name][:limit]
-
-        with self.engine.begin() as conn:
-            # Taking the head row's lock first makes the read below see the true newest entry.
-            conn.execute(update(_head).where(_head.c.id == 1).values(last_seq=_head.c.last_seq + 1))
-            seq, prev_hash = conn.execute(
-                select(_head.c.last_seq, _head.c.last_hash).where(_head.c.id == 1)
-            ).one()
-            digest = self._entry_hash(fields, prev_hash)
-            conn.execute(
-                _entries.insert().values(seq=seq, prev_hash=prev_hash, hash=digest, **fields)
-            )
-            conn.execute(update(_head).where(_head.c.id == 1).values(last_hash=digest))
-        return seq
+        return fields
 
     # -- reading ---------------------------------------------------------------------------------
 
