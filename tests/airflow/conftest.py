@@ -105,9 +105,7 @@ def make_site(
     settings = load_settings(env)
     settings.ensure_dirs()
 
-    # Applying reads ${GOVBUS_DEMO_SOURCES} only when a sync opens the source; the registry keeps
-    # the reference, so set it here too for anything this process builds from the registry.
-    os.environ.setdefault("GOVBUS_DEMO_SOURCES", str(demo_sources))
+    # The registry keeps ${GOVBUS_DEMO_SOURCES} unexpanded: only the Airflow processes need it.
     engine = registry_engine(settings.registry_url)
     apply_files(engine, [examples_dir()])
     specs = [r.spec for r in list_current(engine)]
