@@ -137,3 +137,25 @@ def test_audit_holder_finds_by_keyed_hash(world: World) -> None:
     # a different bus secret gives different hashes: the trail cannot be searched without it
     other = AuditLog(audit.engine, b"\x01" * 32)
     assert other.holder_hmac(world.citizen) != audit.holder_hmac(world.citizen)
+
+
+def test_concurrent_appends_keep_one_chain(world: World) -> None:
+    """Writers in many threads, singly and in group commits, still make one unbroken chain."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from govbus.api import _AuditWriter
+
+    audit = trail(world)
+    writer = _AuditWriter(audit)
+
+    def lookup(i: int) -> Lookup:
+        return Lookup(action="records.by_key", outcome="allowed", status=200, case_number=str(i))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: audit.append(lookup(i)), range(40)))
+        list(pool.map(lambda i: writer.append(lookup(i)), range(40, 120)))
+    count, problems = audit.verify()
+    assert (count, problems) == (120, [])
+    seqs = [e["seq"] for e in audit.entries()]
+    assert seqs == list(range(1, 121))
+    assert sorted(int(e["case_number"]) for e in audit.entries()) == list(range(120))
