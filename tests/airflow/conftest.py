@@ -105,7 +105,10 @@ def make_site(
     settings = load_settings(env)
     settings.ensure_dirs()
 
-    # The registry keeps ${GOVBUS_DEMO_SOURCES} unexpanded: only the Airflow processes need it.
+    # The registry keeps ${GOVBUS_DEMO_SOURCES} unexpanded; tests that also sync in this process
+    # (test_ferry_dags) need it here as well. Every demo-source build uses the same seed and size,
+    # and tests that run govbus as a subprocess drop GOVBUS_* variables, so it leaks nothing.
+    os.environ.setdefault("GOVBUS_DEMO_SOURCES", str(demo_sources))
     engine = registry_engine(settings.registry_url)
     apply_files(engine, [examples_dir()])
     specs = [r.spec for r in list_current(engine)]
