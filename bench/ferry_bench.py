@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,9 @@ from ferry.bundle import (  # noqa: E402
     Payload,
     PayloadFile,
     build_bundle,
+    bundle_name,
     decrypt_bundle,
+    parse_bundle_name,
     verify_bundle,
 )
 from ferry.crypto import CHUNK_SIZE, Suite  # noqa: E402
@@ -190,6 +193,7 @@ class Ferry:
             destination_domain="b",
             payload=payload,
             suite=Suite.STANDARD,
+            bundle_id=parse_bundle_name(target.name)[2] if parse_bundle_name(target.name) else None,
         )
 
     def import_(self, bundle: Path, staging: Path) -> None:
@@ -219,7 +223,8 @@ def run(base: Path, nbytes: int, rounds: int, sftp: bool) -> None:
         file=sys.stderr,
     )
 
-    bundle = base / "bundle"
+    # A real bundle name: the receiving side ignores anything else.
+    bundle = base / bundle_name("bench", 1, str(uuid.uuid4()))
     for r in range(rounds):
         t.time("raw AES-256-GCM, 64 KiB chunks, 1 core", size, lambda: raw_aes_gcm(size))
         t.time("raw write of a new file", size, lambda: raw_write(base / "w.bin", size))
@@ -272,11 +277,12 @@ def run(base: Path, nbytes: int, rounds: int, sftp: bool) -> None:
                     "127.0.0.1", user, client_key, known, str(remote), port=port,
                     remove_after_receive=False,
                 )  # fmt: skip
-                t.time(
+                received = t.time(
                     "SFTP download, paramiko (bundle)",
                     bundle_bytes,
                     lambda: transport_keep.receive(inbox),  # noqa: B023
                 )
+                assert received == [inbox / bundle.name], received
                 shutil.rmtree(inbox)
                 t.time(
                     "SFTP download, OpenSSH sftp get",
