@@ -25,6 +25,14 @@ def open_source(spec: ResourceSpec) -> Any:
 
             return PostgresSource(spec)
         return SqlSource(spec)
+    if spec.source.kind == "files":
+        from adapters.file_source import FileSource
+
+        return FileSource(spec)
+    if spec.source.kind == "http":
+        from adapters.http_source import HttpSource
+
+        return HttpSource(spec)
     raise ConfigError(
         f"{spec.code}: source kind {spec.source.kind!r} has no reader in this version of govbus"
     )
