@@ -429,6 +429,9 @@ def ingest(
     if not sa.inspect(cloud.engine).has_table(target.name):
         return IngestResult(code, 0, 0, 0, 0, 0, 0)
 
+    # Rows the provider deleted are skipped: their certificates stay in the library as they
+    # were. Until deletions are carried over, a provider withdraws a certificate by sending it
+    # again with status revoked.
     done = sa.select(ingests.c.run_id).where(ingests.c.resource_code == code)
     query = (
         sa.select(target)

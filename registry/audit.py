@@ -232,6 +232,13 @@ class AuditLog:
             for row in result.mappings():
                 yield dict(row)
 
+    def _has_entries_after(self, seq: int) -> bool:
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(select(_entries.c.seq).where(_entries.c.seq > seq).limit(1)).first()
+                is not None
+            )
+
     def verify(self) -> tuple[int, list[Finding]]:
         """Walk the chain; return the number of entries read and what is wrong with it.
 
@@ -243,14 +250,14 @@ class AuditLog:
         last_seq, last_hash = self.head()
         findings: list[Finding] = []
         prev_hash, prev_seq = GENESIS, 0
-        count = 0
+        count = streamed = 0
 
         stream = self._stream()
         current = next(stream, None)
         while current is not None:
             following = next(stream, None)
             count += 1
-            seq = current["seq"]
+            seq = streamed = current["seq"]
             genuine = hmac.compare_digest(
                 self._entry_hash(current, current["prev_hash"]), current["hash"]
             )
@@ -280,6 +287,11 @@ class AuditLog:
             prev_hash, prev_seq = current["hash"], seq
             current = following
 
+        # Lookups go on while the chain is read: compare its end with the head as it is now,
+        # unless entries were appended after the reading finished.
+        last_seq, last_hash = self.head()
+        if last_seq > prev_seq and self._has_entries_after(streamed):
+            return count, findings
         if prev_hash != last_hash:
             findings.append(
                 Finding(
