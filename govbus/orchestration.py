@@ -357,21 +357,28 @@ def build_dag(spec: ResourceSpec) -> DAG:
 
 
 def registered_specs(settings: Settings | None = None) -> list[ResourceSpec]:
-    """The current version of every registered resource, or a ConfigError naming the registry."""
+    """The current version of every registered resource, or a ConfigError naming the registry.
+
+    Only reads: parsing DAG files must not migrate the registry, so a registry whose schema is
+    behind is reported like an unreachable one (`govbus registry list` migrates it).
+    """
     from sqlalchemy.engine import make_url
 
-    from registry.db import registry_engine
+    from registry.db import make_engine
     from registry.resources import list_current
 
     settings = settings or load_settings()
+    engine = make_engine(settings.registry_url)
     try:
-        return [r.spec for r in list_current(registry_engine(settings.registry_url))]
+        return [r.spec for r in list_current(engine)]
     except Exception as exc:
         where = make_url(settings.registry_url).render_as_string(hide_password=True)
         raise ConfigError(
             f"cannot read the resource registry at {where}: {type(exc).__name__}: {exc}; "
             "check GOVBUS_REGISTRY_URL and that `govbus registry list` works on this machine"
         ) from exc
+    finally:
+        engine.dispose()
 
 
 def build_dags(settings: Settings | None = None) -> dict[str, DAG]:

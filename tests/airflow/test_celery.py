@@ -246,6 +246,8 @@ def test_a_partitioned_full_load_runs_on_both_front_end_workers(cluster: Cluster
     assert {t.state for t in tis} == {"success"}, f"{summary}\n{cluster.diagnostics()}"
 
     # Extraction ran on the department's queue and pool, on both of its front-end nodes.
+    (plan,) = [t for t in tis if t.task_id == "plan"]
+    assert (plan.queue, plan.pool, plan.hostname in WORKERS) == (market.queue, market.pool, True)
     loads = [t for t in tis if t.task_id == "load"]
     assert [t.map_index for t in loads] == list(range(PARTITIONS))
     assert {(t.queue, t.pool) for t in loads} == {(market.queue, market.pool)}

@@ -133,3 +133,25 @@ def test_an_unreadable_registry_is_an_error_that_names_it_without_the_password(
     assert "postgresql+psycopg://govbus:***@127.0.0.1:1/registry" in message
     assert "s3cret" not in message
     assert "GOVBUS_REGISTRY_URL" in message
+
+
+def test_deployment_helpers_print_queues_pools_and_departments(
+    registered: Settings, capsys, monkeypatch
+) -> None:
+    import json
+
+    monkeypatch.delenv("GOVBUS_DEPARTMENT_POOL_SLOTS", raising=False)
+
+    assert orchestration.main(["queues"]) == 0
+    assert capsys.readouterr().out.strip() == f"dept_{CIVIL},dept_{MARKET}"
+
+    assert orchestration.main(["pools"]) == 0
+    pools = json.loads(capsys.readouterr().out)
+    assert {name: p["slots"] for name, p in pools.items()} == {
+        f"dept_{CIVIL}": 2,
+        f"dept_{MARKET}": 2,
+    }
+
+    assert orchestration.main(["departments"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["worker_service"] for r in rows] == ["frontend-mzb", "frontend-scjg"]
