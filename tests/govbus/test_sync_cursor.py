@@ -6,6 +6,9 @@ run. The source is PostgreSQL or MariaDB (parametrized); the cloud and registry 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -507,8 +510,24 @@ def test_soft_deletes_and_reconcile_keep_deleted_rows_marked(pg_home, source_url
     visible = sorted(k for k, v in rows.items() if v["_govbus_deleted_at"] is None)
     assert visible == [1, 4]
 
-    # reconciling again finds nothing new; the lake holds each deletion as a row version
-    assert sync(CODE, settings=pg_home, reconcile=True).deleted == 0
+    # reconciling again from the command line finds nothing new
+    env = {
+        **os.environ,
+        "GOVBUS_REGISTRY_URL": pg_home.registry_url,
+        "GOVBUS_CLOUD_URL": pg_home.cloud_url,
+        "GOVBUS_LAKE": str(pg_home.lake),
+    }
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "govbus"), "sync", CODE, "--reconcile"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "marked deleted" not in cli.stderr
+    assert cloud(pg_home)[3]["_govbus_run_id"] == run.run_id
+
+    # the lake holds each deletion as a row version
     lake = pl.read_parquet(pg_home.lake / CODE).sort("id", "_govbus_loaded_at")
     versions = lake.select("id", pl.col("_govbus_deleted_at").is_not_null().alias("deleted"))
     assert versions.rows() == [
