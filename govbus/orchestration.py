@@ -185,7 +185,13 @@ def worker_hostname() -> str:
 
 
 def encode_part(
-    low: Any, high: Any, label: str | None, *, full: bool, high_water: Any = None
+    low: Any,
+    high: Any,
+    label: str | None,
+    *,
+    full: bool,
+    high_water: Any = None,
+    high_water_keys: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """One part of a run as plain JSON (XCom): values keep their type through tagging.
 
@@ -200,6 +206,7 @@ def encode_part(
         "high": encode_value(high),
         "label": label,
         "high_water": encode_value(high_water),
+        "high_water_keys": sorted(high_water_keys),
     }
 
 
@@ -230,9 +237,7 @@ def _retry_policy(code: str) -> Iterator[None]:
 
 
 def _plan(code: str, full: bool, partitions: int) -> list[dict[str, Any]]:
-    from govbus.sync import cloud_for, plan_partitions
-    from registry.db import registry_engine
-    from registry.resources import get_resource
+    from govbus.sync import plan_partitions, prepare_target
 
     if not full or partitions <= 1:
         return [encode_part(None, None, None, full=full)]
@@ -243,14 +248,17 @@ def _plan(code: str, full: bool, partitions: int) -> list[dict[str, Any]]:
         return [encode_part(None, None, None, full=True)]
 
     # The ranges load in parallel; creating the target table first keeps them from racing to it.
-    settings = load_settings()
-    spec = get_resource(registry_engine(settings.registry_url), code).spec
-    cloud = cloud_for(settings)
-    with cloud.engine.begin() as conn:
-        cloud.store.ensure_target(conn, spec)
+    prepare_target(code)
 
     return [
-        encode_part(r.low, r.high, plan.label(i), full=True, high_water=plan.high_water)
+        encode_part(
+            r.low,
+            r.high,
+            plan.label(i),
+            full=True,
+            high_water=plan.high_water,
+            high_water_keys=plan.high_water_keys,
+        )
         for i, r in enumerate(plan.ranges)
     ]
 
@@ -278,7 +286,8 @@ def _publish(
     ranges = [key_range for _, key_range, _ in map(decode_part, parts) if key_range is not None]
     if ranges:
         high_water = decode_value(parts[0]["high_water"])
-        finish_partitions(PartitionPlan(code, tuple(ranges), high_water))
+        keys = frozenset(parts[0].get("high_water_keys", ()))
+        finish_partitions(PartitionPlan(code, tuple(ranges), high_water, keys))
     return {key: sum(r[key] for r in results) for key in ("read", "loaded", "rejected")}
 
 

@@ -58,7 +58,15 @@ from schemas.mask import mask_id
 from schemas.types import arrow_type, describe_item, item_for_column, misfit
 from schemas.validate import ROW, BatchValidator
 
-__all__ = ["RunResult", "Cloud", "sync", "plan_partitions", "finish_partitions", "key_expr"]
+__all__ = [
+    "RunResult",
+    "Cloud",
+    "sync",
+    "plan_partitions",
+    "prepare_target",
+    "finish_partitions",
+    "key_expr",
+]
 
 log = logging.getLogger(__name__)
 
@@ -784,6 +792,17 @@ def plan_partitions(code: str, partitions: int, settings: Settings | None = None
     ranges = tuple(source.key_bounds(partitions))
     source.dispose()
     return PartitionPlan(code, ranges, high_water, frozenset(keys))
+
+
+def prepare_target(code: str, settings: Settings | None = None) -> None:
+    """Create or evolve a resource's cloud table before parallel range loads race to do it."""
+    settings = settings or load_settings()
+    spec = get_resource(registry_engine(settings.registry_url), code).spec
+    if not spec.target.database:
+        return
+    cloud = cloud_for(settings)
+    with cloud.engine.begin() as conn:
+        cloud.store.ensure_target(conn, spec)
 
 
 def finish_partitions(plan: PartitionPlan, settings: Settings | None = None) -> None:
