@@ -127,6 +127,15 @@ def build_source(n: int, rebuild: bool) -> None:
     say(f"source: {n:,} certificates generated in {time.perf_counter() - started:.1f} s")
 
 
+def library_size() -> int:
+    try:
+        with psycopg.connect(f"{SERVER}/{CLOUD_DB}") as conn:
+            row = conn.execute("SELECT count(*) FROM govbus_certificates").fetchone()
+    except psycopg.Error:
+        return -1
+    return row[0] if row else -1
+
+
 def resource_yaml() -> str:
     items = "\n".join(
         f"  - {{name: {name}, type: {kind}}}"
@@ -215,14 +224,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rebuild", action="store_true", help="generate the source again")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the library of an earlier run of the same size"
+    )
     args = parser.parse_args()
 
     build_source(args.certificates, args.rebuild)
-    with admin() as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {CLOUD_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {CLOUD_DB}")
-
-    home = Path(tempfile.mkdtemp(prefix="govbus-lookup-bench-"))
+    home = Path(tempfile.gettempdir()) / "govbus-lookup-bench"
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{CLOUD_DB}"
     os.environ.update(GOVBUS_HOME=str(home), GOVBUS_REGISTRY_URL=url, GOVBUS_CLOUD_URL=url)
     from sqlalchemy.orm import Session
@@ -234,23 +242,31 @@ def main() -> None:
     from registry.db import registry_engine
     from registry.resources import apply_files
 
-    settings = load_settings()
-    settings.ensure_dirs()
-    (home / "certs.yaml").write_text(resource_yaml(), encoding="utf-8")
-    apply_files(registry_engine(settings.registry_url), [home / "certs.yaml"])
+    if args.reuse and library_size() == args.certificates:
+        say(f"library: {args.certificates:,} certificates kept from an earlier run")
+    else:
+        shutil.rmtree(home, ignore_errors=True)
+        with admin() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {CLOUD_DB} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {CLOUD_DB}")
+        settings = load_settings()
+        settings.ensure_dirs()
+        (home / "certs.yaml").write_text(resource_yaml(), encoding="utf-8")
+        apply_files(registry_engine(settings.registry_url), [home / "certs.yaml"])
 
-    started = time.perf_counter()
-    result = sync(CODE, settings=settings)
-    say(f"sync: {result.loaded:,} rows loaded in {time.perf_counter() - started:.1f} s")
-    started = time.perf_counter()
-    filed = ingest(CODE, settings=settings, batch_size=10_000)
-    seconds = time.perf_counter() - started
-    say(
-        f"ingest: {filed.verified:,} verified and signed, {filed.failed:,} failed in "
-        f"{seconds:.1f} s ({filed.read / seconds:,.0f} certificates/s)"
-    )
+        started = time.perf_counter()
+        result = sync(CODE, settings=settings)
+        say(f"sync: {result.loaded:,} rows loaded in {time.perf_counter() - started:.1f} s")
+        started = time.perf_counter()
+        filed = ingest(CODE, settings=settings, batch_size=10_000)
+        seconds = time.perf_counter() - started
+        say(
+            f"ingest: {filed.verified:,} verified and signed, {filed.failed:,} failed in "
+            f"{seconds:.1f} s ({filed.read / seconds:,.0f} certificates/s)"
+        )
+    settings = load_settings()
     with Session(registry_engine(settings.registry_url)) as session, session.begin():
-        token = add_consumer(session, "bench-window").token
+        token = add_consumer(session, f"bench-window-{time.time_ns()}").token
 
     port = free_port()
     server = subprocess.Popen(  # noqa: S603
@@ -306,7 +322,6 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
