@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 
 CASE_HEADER = "X-Case-Number"
 _CASE_NUMBER = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _RESIDENT_SHAPE = re.compile(r"[0-9]{17}[0-9Xx]")
 _RESOURCE_CACHE_SECONDS = 5.0
 
@@ -430,6 +431,8 @@ class _Service:
                 f"{code} has a key of {len(keys)} part(s) ({', '.join(keys)}), "
                 f"separated by commas; got {len(parts)}",
             )
+        if any(_CONTROL.search(part) for part in parts):
+            raise Refusal(422, "key.format", "a key holds no control characters")
         for name, value in zip(keys, parts, strict=False):
             for check in spec.item(name).checks:
                 reason = CHECKS[check].scalar(value)

@@ -202,10 +202,18 @@ class AuditLog:
         if lookup.holder_id:
             fields["holder_hmac"] = self.holder_hmac(lookup.holder_id)
             fields["holder_masked"] = mask_id(lookup.holder_id)[:64]
-        # Over-long free text would fail the insert and lose the entry; cut it to the column.
-        for name, limit in (("case_number", 100), ("consumer_name", 100), ("resource_code", 64)):
+        # Text a database refuses (a NUL byte, more than the column holds) would lose the
+        # entry; replace NUL and cut to the column.
+        for name, limit in (
+            ("case_number", 100),
+            ("consumer_name", 100),
+            ("resource_code", 64),
+            ("holder_masked", 64),
+            ("action", 40),
+            ("outcome", 40),
+        ):
             if fields[name] is not None:
-                fields[name] = fields[name][:limit]
+                fields[name] = fields[name].replace("\x00", "\ufffd")[:limit]
         return fields
 
     # -- reading ---------------------------------------------------------------------------------

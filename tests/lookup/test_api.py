@@ -251,3 +251,16 @@ def test_status_now_expired_revoked(desk: Desk) -> None:
     body = desk.get("/v1/certificates", holder_id=desk.world.citizen).json()
     assert [c["status"] for c in body["certificates"]] == ["revoked", "expired"]
     assert desk.get(f"/v1/certificates/{VECTOR}").json()["status"] == "revoked"
+
+
+def test_nul_bytes_are_refused_not_crashed(desk: Desk) -> None:
+    """Found by schemathesis on PostgreSQL, whose text columns refuse NUL: both the lookup and
+    its audit entry must survive one."""
+    apply(desk, ENTERPRISE_CODE, approve=True)
+    url = f"/v1/resources/{ENTERPRISE_CODE}/records"
+    assert problem(desk.get(url, key="9111\x000000")) == (422, "key.format")
+    assert problem(desk.get("/v1/certificates", holder_id="11010519491231002\x00")) == (
+        422,
+        "uscc.charset",
+    )
+    assert problem(desk.get("/v1/certificates", holder_id="\x00abc")) == (422, "uscc.length")
