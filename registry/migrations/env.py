@@ -3,6 +3,8 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+import registry.access  # noqa: F401  (registers the consumer and grant tables on Base)
+import registry.audit  # noqa: F401  (registers the audit tables on Base)
 from registry.models import Base
 
 config = context.config
