@@ -57,6 +57,7 @@ from ferry.crypto import (
 from ferry.keys import Identity, PublicIdentity
 from ferry.streams import decrypt_path, encrypt_path, hash_paths
 from govbus.errors import BundleRefused, FerryError
+from govbus.fsutil import fsync_dir
 
 __all__ = [
     "FORMAT",
@@ -328,11 +329,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
 def fsync_tree(root: Path) -> None:
     """fsync every directory under ``root`` (files are fsynced as they are written)."""
     for dirpath, _dirs, _files in os.walk(root):
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(Path(dirpath))
 
 
 def _encrypt_one(

@@ -44,6 +44,7 @@ from ferry.bundle import (
 from ferry.crypto import Suite
 from ferry.keys import Identity, PublicIdentity
 from govbus.errors import FerryError
+from govbus.fsutil import fsync_dir
 
 __all__ = [
     "Sender",
@@ -123,15 +124,7 @@ def _write_state(home: Path, state: dict[str, ChannelState]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 @contextmanager
@@ -157,7 +150,7 @@ def _recover(home: Path, state: dict[str, ChannelState]) -> None:
         else:
             log.warning("removing %s left by an export interrupted before it took a sequence", part)
             shutil.rmtree(part)
-    _fsync_dir(outbox)
+    fsync_dir(outbox)
 
 
 def channel_state(home: Path, channel: str) -> ChannelState | None:
@@ -286,7 +279,7 @@ def _build(
     if new_state is not None:
         _write_state(sender.home, new_state(built))
     os.replace(part, final)
-    _fsync_dir(sender.outbox)
+    fsync_dir(sender.outbox)
     return Exported(final, built.envelope, built.bundle_hash)
 
 

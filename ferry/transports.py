@@ -27,6 +27,7 @@ import paramiko
 
 from ferry.bundle import fsync_tree, parse_bundle_name
 from govbus.errors import TransportError
+from govbus.fsutil import fsync_dir
 
 __all__ = [
     "Transport",
@@ -99,14 +100,6 @@ def _copy_file_synced(src: Path, dst: Path) -> None:
         os.fsync(fout.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class DirectoryDrop:
     """A folder both sides can reach: removable media, a diode's folder, a network gate share."""
@@ -130,7 +123,7 @@ class DirectoryDrop:
                 _copy_file_synced(bundle / rel, part / rel)
             fsync_tree(part)
             os.rename(part, final)
-            _fsync_dir(Path(self.drop))
+            fsync_dir(Path(self.drop))
         except OSError as exc:
             raise TransportError(f"copying {bundle.name} into {self.drop} failed: {exc}") from exc
         log.info("dropped bundle %s into %s", bundle.name, self.drop)
