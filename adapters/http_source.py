@@ -73,6 +73,8 @@ class HttpSource:
     def __init__(self, spec: ResourceSpec) -> None:
         self.spec = spec
         self.url = expand_env(spec.source.url)
+        # What messages show: no user, password or query string, where API keys often travel.
+        self.shown_url = str(httpx.URL(self.url).copy_with(userinfo=b"", query=None))
         options = spec.source.options
         self.options = options
         self.pagination = options.get("pagination", "page")
@@ -129,7 +131,7 @@ class HttpSource:
             )
             if not isinstance(records, list):
                 raise SourceError(
-                    f"{self.spec.code}: {self.url} answered without a list of records at "
+                    f"{self.spec.code}: {self.shown_url} answered without a list of records at "
                     f"{self.options.get('records', 'data')!r}; set source.options.records"
                 )
             yield records
@@ -148,20 +150,25 @@ class HttpSource:
         try:
             response = self.client.get(self.url, params=params)
         except httpx.TransportError as exc:
-            raise SourceUnavailable(f"{self.spec.code}: cannot reach {self.url}: {exc}") from exc
+            raise SourceUnavailable(
+                f"{self.spec.code}: cannot reach {self.shown_url}: {exc}"
+            ) from exc
         if response.status_code >= 500 or response.status_code == 429:
             raise SourceUnavailable(
-                f"{self.spec.code}: {self.url} answered {response.status_code}; try again later"
+                f"{self.spec.code}: {self.shown_url} answered {response.status_code}; "
+                "try again later"
             )
         if response.status_code >= 400:
             raise SourceError(
-                f"{self.spec.code}: {self.url} refused the request ({response.status_code}): "
+                f"{self.spec.code}: {self.shown_url} refused the request ({response.status_code}): "
                 f"{response.text[:200]}"
             )
         try:
             return json.loads(response.content, parse_float=Decimal)
         except ValueError as exc:
-            raise SourceError(f"{self.spec.code}: {self.url} did not answer JSON: {exc}") from exc
+            raise SourceError(
+                f"{self.spec.code}: {self.shown_url} did not answer JSON: {exc}"
+            ) from exc
 
     def dispose(self) -> None:
         self.client.close()
