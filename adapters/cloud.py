@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import io
 import logging
+import queue
+import threading
 import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import polars as pl
@@ -25,7 +28,7 @@ from govbus.errors import SinkError, SinkUnavailable
 from registry.catalogue import ResourceSpec
 from schemas.types import sql_type
 
-__all__ = ["CloudStore", "META_COLUMNS", "RUN_ID", "LOADED_AT", "DELETED_AT"]
+__all__ = ["CloudStore", "CloudWriter", "META_COLUMNS", "RUN_ID", "LOADED_AT", "DELETED_AT"]
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +315,69 @@ class CloudStore:
             return conn.execute(
                 sa.text(f"SELECT count(*) FROM {_q(conn, table_name)}")
             ).scalar_one()
+
+
+class CloudWriter:
+    """The rows and rejects of one run, written by a thread of their own on the run's connection.
+
+    On PostgreSQL most of a load's time is the server parsing and storing the ``COPY``; while it
+    does, the run reads and validates the next batch. The writer thread is the only user of the
+    connection between the first write and ``close``: the writes stay inside the run's single
+    transaction and in the order they were handed over. ``write`` blocks when ``QUEUED`` writes
+    already wait, so memory stays bounded. A failed write is raised by the next ``upsert`` or
+    ``write_rejects`` or by ``close``, which a run must call before it uses the connection again.
+    """
+
+    QUEUED = 2
+
+    def __init__(self, store: CloudStore, conn: Connection) -> None:
+        self.store = store
+        self.conn = conn
+        self._queue: queue.Queue[Callable[[], object] | None] = queue.Queue(maxsize=self.QUEUED)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def upsert(self, table: sa.Table, frame: pl.DataFrame) -> int:
+        """Hand rows over for ``CloudStore.upsert``; returns how many will be written."""
+        if not frame.is_empty():
+            self._submit(lambda: self.store.upsert(self.conn, table, frame))
+        return frame.height
+
+    def write_rejects(self, code: str, run_id: str, frame: pl.DataFrame) -> None:
+        if not frame.is_empty():
+            self._submit(lambda: self.store.write_rejects(self.conn, code, run_id, frame))
+
+    def _submit(self, work: Callable[[], object]) -> None:
+        self._raise_failure()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="govbus-cloud", daemon=True)
+            self._thread.start()
+        self._queue.put(work)
+
+    def _drain(self) -> None:
+        while (work := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep taking work so a blocked ``_submit`` returns and sees the error
+            try:
+                work()
+            except BaseException as exc:
+                self._error = exc
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Wait for the thread to finish what it holds, without raising; safe to call twice."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        """Finish every handed-over write; raises the first that failed."""
+        self.stop()
+        self._raise_failure()
 
 
 def _has_binary(table: sa.Table) -> bool:

