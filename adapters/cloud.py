@@ -336,6 +336,7 @@ class CloudWriter:
         self._queue: queue.Queue[Callable[[], object] | None] = queue.Queue(maxsize=self.QUEUED)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._abandoned = False
 
     def upsert(self, table: sa.Table, frame: pl.DataFrame) -> int:
         """Hand rows over for ``CloudStore.upsert``; returns how many will be written."""
@@ -356,8 +357,8 @@ class CloudWriter:
 
     def _drain(self) -> None:
         while (work := self._queue.get()) is not None:
-            if self._error is not None:
-                continue  # keep taking work so a blocked ``_submit`` returns and sees the error
+            if self._error is not None or self._abandoned:
+                continue  # keep taking work so a blocked ``_submit`` returns
             try:
                 work()
             except BaseException as exc:
@@ -366,6 +367,11 @@ class CloudWriter:
     def _raise_failure(self) -> None:
         if self._error is not None:
             raise self._error
+
+    def abandon(self) -> None:
+        """Drop the writes still queued and wait for the one under way; the run is failing."""
+        self._abandoned = True
+        self.stop()
 
     def stop(self) -> None:
         """Wait for the thread to finish what it holds, without raising; safe to call twice."""

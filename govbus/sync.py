@@ -437,8 +437,9 @@ def _locked_sync(
             )  # fmt: skip
             try:
                 _load_all(run, source, _read_names(spec), key_range, progress)
-            finally:
-                run.writer.stop()  # no thread may use the connection while it rolls back
+            except BaseException:
+                run.writer.abandon()  # no thread may use the connection while it rolls back
+                raise
             run.writer.close()
             if reconcile:
                 counts.deleted = _reconcile(spec, open_source(spec), run)

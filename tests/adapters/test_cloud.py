@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from adapters.cloud import DELETED_AT, LOADED_AT, RUN_ID, CloudStore
+from adapters.cloud import DELETED_AT, LOADED_AT, RUN_ID, CloudStore, CloudWriter
 from registry.catalogue import ResourceSpec
 
 pytestmark = pytest.mark.postgres
@@ -97,3 +97,49 @@ def test_a_rolled_back_first_load_leaves_nothing(pg_url: str) -> None:
         table = store.ensure_target(conn, SPEC)
         store.upsert(conn, table, frame([(1, "甲", "1.10")], "r2"))
     assert contents(engine) == [(1, "甲", Decimal("1.10"), "r2")]
+
+
+def test_the_writer_thread_writes_in_order_inside_the_callers_transaction(pg_url: str) -> None:
+    engine = sa.create_engine(pg_url)
+    store = CloudStore(engine)
+    with engine.begin() as conn:
+        table = store.ensure_target(conn, SPEC)
+        writer = CloudWriter(store, conn)
+        assert writer.upsert(table, frame([(1, "甲", "1.10"), (2, "𠀋", "2.20")], "r1")) == 2
+        assert writer.upsert(table, frame([(2, "", "9.99")], "r1")) == 1  # later wins
+        assert writer.upsert(table, frame([], "r1")) == 0
+        writer.close()
+        # the caller may use the connection again, and sees the rows before the commit
+        assert conn.execute(sa.text("SELECT count(*) FROM things")).scalar_one() == 2
+    assert contents(engine) == [(1, "甲", Decimal("1.10"), "r1"), (2, "", Decimal("9.99"), "r1")]
+
+
+def test_a_failed_write_is_raised_by_close_and_nothing_commits(pg_url: str) -> None:
+    # a COPY refused by the server surfaces as the driver's own error (not yet a SinkError)
+    engine = sa.create_engine(pg_url)
+    store = CloudStore(engine)
+    with engine.begin() as conn:
+        store.ensure_target(conn, SPEC)
+    with pytest.raises(Exception, match="not-null constraint"), engine.begin() as conn:
+        table = store.ensure_target(conn, SPEC)
+        writer = CloudWriter(store, conn)
+        writer.upsert(table, frame([(1, "甲", "1.10")], "r1"))
+        writer.upsert(
+            table, frame([(2, "乙", "1.10")], "r1").with_columns(pl.lit(None).alias(RUN_ID))
+        )
+        writer.close()
+    assert contents(engine) == []
+
+
+def test_an_abandoned_writer_drops_what_is_queued(pg_url: str) -> None:
+    engine = sa.create_engine(pg_url)
+    store = CloudStore(engine)
+    with engine.begin() as conn:
+        table = store.ensure_target(conn, SPEC)
+        writer = CloudWriter(store, conn)
+        writer.abandon()  # before any write: nothing runs, and it may be called again
+        writer._abandoned = True
+        writer.upsert(table, frame([(1, "甲", "1.10")], "r1"))
+        writer.abandon()
+        writer.stop()
+    assert contents(engine) == []

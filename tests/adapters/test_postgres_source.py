@@ -216,3 +216,19 @@ def test_a_reader_left_early_stops_its_thread(
 
     assert first.num_rows == 1
     assert not [t for t in threading.enumerate() if t.name == "govbus-pg-reader"]
+
+
+def test_numeric_is_asked_for_as_text_and_a_nan_keeps_it(source_url: str) -> None:
+    spec = spec_for(source_url, table="Enterprise")
+    query = PostgresSource(spec)._select(["id", "capital"], None, None, as_text={"capital"})
+    assert query.as_string() == 'SELECT "id", "capital"::text AS "capital" FROM "Enterprise"'
+
+    engine = sa.create_engine(source_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE \"Enterprise\" SET capital = 'NaN' WHERE id = 2")
+    engine.dispose()
+    table = read_all(PostgresSource(spec), ["id", "capital"])
+    # a batch holding NaN cannot be decimal128: it keeps the server's text, every digit kept
+    assert table.schema.field("capital").type == pa.string()
+    values = dict(zip(table["id"].to_pylist(), table["capital"].to_pylist(), strict=True))
+    assert values == {1: "12345678901234567.89", 2: "NaN", 3: "-0.01"}
