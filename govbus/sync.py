@@ -54,7 +54,7 @@ from registry.catalogue import DriftPolicy, ResourceSpec
 from registry.db import make_engine, registry_engine
 from registry.models import Run
 from registry.resources import Registered, get_resource
-from schemas.mask import mask_id
+from schemas.mask import mask_id_expr
 from schemas.types import arrow_type, describe_item, item_for_column, misfit
 from schemas.validate import ROW, BatchValidator
 
@@ -336,7 +336,7 @@ def _row_keys(spec: ResourceSpec, frame: pl.DataFrame) -> pl.Series:
     for key in spec.source.primary_key:
         col = pl.col(key).cast(pl.String)
         if "resident_id" in spec.item(key).checks:
-            col = col.map_elements(mask_id, return_dtype=pl.String)
+            col = mask_id_expr(col)
         parts.append(col)
     return frame.select(pl.concat_str(parts, separator=",", ignore_nulls=True)).to_series()
 
