@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 
@@ -21,7 +22,9 @@ def pg_engine(cloud_metadata):
     try:
         with admin.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the server means skip
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server
+        if os.environ.get("CI"):
+            pytest.fail(f"local PostgreSQL not reachable: {exc}")
         pytest.skip(f"local PostgreSQL not reachable: {exc}")
     engine = admin.execution_options(schema_translate_map={None: schema})
     create_ledger(engine)
