@@ -312,10 +312,17 @@ def demo_command(
     settings = load_settings()
     results = run_demo(settings, companies=companies)
     _print_results(results)
-    console.print(f"registry:  {settings.registry_url}")
-    console.print(f"cloud:     {settings.cloud_url}")
+    console.print(f"registry:  {_shown(settings.registry_url)}")
+    console.print(f"cloud:     {_shown(settings.cloud_url)}")
     console.print(f"lake:      {settings.lake}")
     console.print("rejects:   govbus rejects 330400-SCJG-0001")
+
+
+def _shown(url: str) -> str:
+    """A database URL as it may be printed: the password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def main() -> None:
