@@ -133,20 +133,7 @@ class SqlSource:
             if key_range.high is not None:
                 query = query.where(key < sa.bindparam("high", key_range.high))
 
-        size = src.batch_size
-        try:
-            with self.engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=size).execute(query)
-                for rows in result.partitions(size):
-                    yield to_arrow_batch(names, rows)
-        except OperationalError as exc:
-            raise SourceUnavailable(
-                f"{self.spec.code}: reading the source failed: {exc.orig}"
-            ) from exc
-        except DBAPIError as exc:
-            raise SourceError(
-                f"{self.spec.code}: the source refused the query: {exc.orig}"
-            ) from exc
+        yield from self._stream(query)
 
     def key_bounds(self, partitions: int) -> list[KeyRange]:
         """Split a single-column primary key into ranges holding about the same number of rows."""
