@@ -26,20 +26,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from govbus.errors import SinkError
+from govbus.fsutil import fsync_dir
 
 __all__ = ["Lake", "LakeRun"]
 
 log = logging.getLogger(__name__)
 
 STAGING = "_staging"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 #: rows of a file's first table looked at to choose the columns worth a dictionary
@@ -184,7 +177,7 @@ class Lake:
             for file in sorted(code_dir.glob("*.parquet")):
                 os.replace(file, target / file.name)
                 published.append(target / file.name)
-            _fsync_dir(target)
+            fsync_dir(target)
         shutil.rmtree(run_dir, ignore_errors=True)
         return published
 

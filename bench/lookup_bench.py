@@ -34,6 +34,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from registry.catalogue import CERTIFICATE_ITEMS
 from schemas.checks import cert_id_with_check, make_resident_id  # noqa: E402
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -42,23 +43,7 @@ CLOUD_DB = "govbus_bench_lookup"
 CODE = "330000-ZZK-0001"
 TYPE_CODE = "11100000000013338W032"
 ISSUER = "11220000013544541J"
-COLUMNS = (
-    "identifier",
-    "cert_name",
-    "cert_number",
-    "issuer_name",
-    "issuer_code",
-    "issue_date",
-    "division_code",
-    "holder_name",
-    "holder_id",
-    "holder_id_type",
-    "valid_from",
-    "valid_to",
-    "status",
-    "file_hash",
-    "updated_at",
-)
+COLUMNS = (*CERTIFICATE_ITEMS, "updated_at")
 
 
 def say(text: str) -> None:
